@@ -1,0 +1,6 @@
+//! File output helpers shared by every command: atomic writes and mesh formats.
+
+pub mod atomic;
+pub mod mesh;
+
+pub use atomic::{write_atomic, write_atomic_bytes};

@@ -1,0 +1,4 @@
+//! The image formation layer (Sec. 5): camera, SH shading, and rendering.
+
+pub mod camera;
+pub mod sh;
