@@ -119,3 +119,42 @@ mod tests {
         assert!(k.project([0.0, 10.0, -500.0]).unwrap()[1] < 120.0);
     }
 }
+
+/// Differentiable rotation matrices from Euler angles `(pitch, yaw, roll)`,
+/// `R = Rz(roll) * Ry(yaw) * Rx(pitch)` as in [`euler_to_matrix`].
+///
+/// # Shapes
+/// `angles`: `[B, 3]` -> `[B, 3, 3]`.
+pub fn euler_to_matrix_tensor(angles: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    use candle_core::Tensor;
+    let b = angles.dim(0)?;
+    let a = |k: usize| angles.narrow(1, k, 1); // [B, 1]
+    let (p, y, r) = (a(0)?, a(1)?, a(2)?);
+    let (sp, cp, sy, cy, sr, cr) = (p.sin()?, p.cos()?, y.sin()?, y.cos()?, r.sin()?, r.cos()?);
+    let sy_sp = (&sy * &sp)?;
+    let sy_cp = (&sy * &cp)?;
+    let entries = [
+        (&cr * &cy)?,
+        ((&cr * &sy_sp)? - (&sr * &cp)?)?,
+        ((&cr * &sy_cp)? + (&sr * &sp)?)?,
+        (&sr * &cy)?,
+        ((&sr * &sy_sp)? + (&cr * &cp)?)?,
+        ((&sr * &sy_cp)? - (&cr * &sp)?)?,
+        sy.neg()?,
+        (&cy * &sp)?,
+        (&cy * &cp)?,
+    ];
+    Tensor::cat(&entries, 1)?.reshape((b, 3, 3))
+}
+
+/// Rigid transform of a batch of point sets: `v_cam = R v + t`.
+///
+/// # Shapes
+/// `points`: `[B, N, 3]`, `rotation`: `[B, 3, 3]`, `translation`: `[B, 3]` -> `[B, N, 3]`.
+pub fn rigid_transform(
+    points: &candle_core::Tensor,
+    rotation: &candle_core::Tensor,
+    translation: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    points.matmul(&rotation.t()?)?.broadcast_add(&translation.unsqueeze(1)?)
+}
