@@ -6,10 +6,15 @@
 //! `data` -> `encoder` -> `face_model` -> `render` -> `loss` -> `train`; `infer` runs the trained
 //! pipeline. `config`, `error`, `io`, `rng` and `checkpoint` are shared by all of them.
 
+pub mod config;
+pub mod encoder;
 pub mod error;
 pub mod face_model;
 pub mod io;
+pub mod loss;
+pub mod network;
 pub mod render;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

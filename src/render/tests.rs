@@ -90,7 +90,9 @@ fn scene(b: usize, k_grid: usize, seed: u64, dtype: DType) -> Scene {
     // Smooth image: a few random sinusoids per channel.
     let (w, h) = (k.width, k.height);
     let mut img = Vec::with_capacity(b * h * w * 3);
-    let freqs: Vec<[f64; 4]> = (0..b * 3).map(|_| [rng.range(0.05, 0.3), rng.range(0.05, 0.3), rng.range(0.0, 6.0), rng.range(0.2, 0.4)]).collect();
+    let freqs: Vec<[f64; 4]> = (0..b * 3)
+        .map(|_| [rng.range(0.05, 0.3), rng.range(0.05, 0.3), rng.range(0.0, 6.0), rng.range(0.2, 0.4)])
+        .collect();
     for bi in 0..b {
         for y in 0..h {
             for x in 0..w {
@@ -115,7 +117,18 @@ fn scene(b: usize, k_grid: usize, seed: u64, dtype: DType) -> Scene {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f64 {
@@ -207,17 +220,26 @@ fn fast_path_gradients_match_float64_finite_differences() {
     let dev = Device::Cpu;
     let layer = ImageFormation::new(&s.model, s.k, Backend::Fast, &dev).unwrap();
     let mut rng = Rng::new(3);
-    let w = Tensor::from_vec((0..s.vertices.elem_count()).map(|_| rng.normal()).collect::<Vec<f64>>(), s.vertices.shape(), &dev).unwrap();
+    let w = Tensor::from_vec(
+        (0..s.vertices.elem_count()).map(|_| rng.normal()).collect::<Vec<f64>>(),
+        s.vertices.shape(),
+        &dev,
+    )
+    .unwrap();
     let x = vars(&s);
     let (l0, out0) = loss(&layer, &s, &x, &w);
     let grads = l0.backward().unwrap();
     let eval = |x: &Inputs| loss(&layer, &s, x, &w);
     let h = 1e-6;
-    for (name, var) in [("vertices", &x.v), ("reflectance", &x.r), ("rotation", &x.rot), ("translation", &x.t), ("illumination", &x.g)] {
+    for (name, var) in
+        [("vertices", &x.v), ("reflectance", &x.r), ("rotation", &x.rot), ("translation", &x.t), ("illumination", &x.g)]
+    {
         let g = grads.get(var.as_tensor()).unwrap();
         let mut checked = 0;
         for trial in 0..3 {
-            let dir = Tensor::from_vec((0..var.elem_count()).map(|_| rng.normal()).collect::<Vec<f64>>(), var.shape(), &dev).unwrap();
+            let dir =
+                Tensor::from_vec((0..var.elem_count()).map(|_| rng.normal()).collect::<Vec<f64>>(), var.shape(), &dev)
+                    .unwrap();
             let analytic = (g * &dir).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
             let base = var.as_tensor().copy().unwrap();
             let probe = |sign: f64| {
@@ -259,12 +281,28 @@ fn frontal_plane_under_neutral_light_has_zero_photometric_error() {
     for backend in [Backend::Reference, Backend::Fast] {
         let layer = ImageFormation::new(&model, k, backend, &dev).unwrap();
         let frontal = Tensor::zeros((1, 3), DType::F32, &dev).unwrap();
-        let input = RenderInput { vertices: &v, reflectance: &r, rotation: &frontal, translation: &t, gamma: &g, image: &image };
+        let input = RenderInput {
+            vertices: &v,
+            reflectance: &r,
+            rotation: &frontal,
+            translation: &t,
+            gamma: &g,
+            image: &image,
+        };
         let out = layer.render(&input).unwrap();
         // A 80 mm plane at 1500 mm with f = 400 spans ~21 px: every vertex is visible.
         assert_eq!(out.visible.sum_all().unwrap().to_scalar::<f32>().unwrap() as usize, n);
         // Normals face the camera; shading equals reflectance; the loss is zero.
-        let nz = out.normals.narrow(D::Minus1, 2, 1).unwrap().flatten_all().unwrap().min(0).unwrap().to_scalar::<f32>().unwrap();
+        let nz = out
+            .normals
+            .narrow(D::Minus1, 2, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .min(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(nz > 0.9999);
         assert!(max_abs_diff(&out.shaded, &r) < 1e-5);
         let photo = layer.photometric(&out).unwrap().to_vec1::<f32>().unwrap()[0];
@@ -285,7 +323,14 @@ fn bad_input_is_an_error_or_documented_behaviour() {
     let layer = ImageFormation::new(&s.model, s.k, Backend::Fast, &dev).unwrap();
     // NaN parameters: a clear error, not a NaN (or silently zero) loss.
     let nan = Tensor::new(&[[f32::NAN, 0.0, 0.0]], &dev).unwrap();
-    let input = RenderInput { vertices: &s.vertices, reflectance: &s.reflectance, rotation: &nan, translation: &s.translation, gamma: &s.gamma, image: &s.image };
+    let input = RenderInput {
+        vertices: &s.vertices,
+        reflectance: &s.reflectance,
+        rotation: &nan,
+        translation: &s.translation,
+        gamma: &s.gamma,
+        image: &s.image,
+    };
     let err = layer.render(&input).unwrap_err();
     assert!(matches!(err, crate::Error::NonFinite(_)), "{err}");
     // Everything behind the camera: invisible, finite, no panic.
@@ -297,7 +342,11 @@ fn bad_input_is_an_error_or_documented_behaviour() {
     // Degenerate triangles (all vertices collapsed): finite normals and gradients.
     let zeros = s.vertices.zeros_like().unwrap();
     let var = Var::from_tensor(&zeros).unwrap();
-    let n = ops::normals::vertex_normals(var.as_tensor(), &ops::normals::NormalsTopology::new(s.model.num_vertices(), &s.model.triangles, &dev).unwrap()).unwrap();
+    let n = ops::normals::vertex_normals(
+        var.as_tensor(),
+        &ops::normals::NormalsTopology::new(s.model.num_vertices(), &s.model.triangles, &dev).unwrap(),
+    )
+    .unwrap();
     assert!(n.sum_all().unwrap().to_scalar::<f32>().unwrap().is_finite());
     let g = n.sum_all().unwrap().backward().unwrap();
     assert!(g.get(var.as_tensor()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().is_finite());

@@ -36,7 +36,11 @@ pub(crate) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &
 }
 
 /// Run `f` on the contiguous CPU data of `t`.
-pub(crate) fn with_cpu<T: WithDType, R>(t: &Tensor, what: &str, f: impl FnOnce(&[T]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+pub(crate) fn with_cpu<T: WithDType, R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
     let (s, l) = t.storage_and_layout();
     match &*s {
         Storage::Cpu(cs) => f(cpu_slice::<T>(cs, l, what)?),

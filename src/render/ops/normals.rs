@@ -43,7 +43,11 @@ impl NormalsTopology {
     }
 
     fn params(&self, batch: usize) -> NormalsParams {
-        NormalsParams { batch: batch as u32, num_vertices: self.num_vertices as u32, num_triangles: self.num_triangles as u32 }
+        NormalsParams {
+            batch: batch as u32,
+            num_vertices: self.num_vertices as u32,
+            num_triangles: self.num_triangles as u32,
+        }
     }
 }
 
@@ -178,8 +182,12 @@ impl CustomOp1 for NormalsOp {
             with_cpu::<u32, _>(&self.topo.offsets, "normals", |offs| {
                 with_cpu::<u32, _>(&self.topo.vertex_triangles, "normals", |vt| {
                     Ok(match s {
-                        CpuStorage::F32(_) => CpuStorage::F32(normals_fwd_cpu(&p, cpu_slice::<f32>(s, l, "normals")?, tris, offs, vt)),
-                        CpuStorage::F64(_) => CpuStorage::F64(normals_fwd_cpu(&p, cpu_slice::<f64>(s, l, "normals")?, tris, offs, vt)),
+                        CpuStorage::F32(_) => {
+                            CpuStorage::F32(normals_fwd_cpu(&p, cpu_slice::<f32>(s, l, "normals")?, tris, offs, vt))
+                        }
+                        CpuStorage::F64(_) => {
+                            CpuStorage::F64(normals_fwd_cpu(&p, cpu_slice::<f64>(s, l, "normals")?, tris, offs, vt))
+                        }
                         _ => candle_core::bail!("normals: expected f32 or f64"),
                     })
                 })
@@ -189,7 +197,11 @@ impl CustomOp1 for NormalsOp {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let p = self.topo.params(l.shape().dims()[0]);
         let out = super::cuda::normals_fwd(&p, s, l, &self.topo)?;
         Ok((out, l.shape().clone()))
@@ -216,10 +228,14 @@ pub fn normals_backward(vertices: &Tensor, grad: &Tensor, topo: &NormalsTopology
         with_cpu::<u32, _>(&topo.offsets, "normals", |offs| {
             with_cpu::<u32, _>(&topo.vertex_triangles, "normals", |vt| match vertices.dtype() {
                 candle_core::DType::F32 => with_cpu::<f32, _>(vertices, "normals", |v| {
-                    with_cpu::<f32, _>(grad, "normals", |g| cpu_tensor(normals_bwd_cpu(&p, v, g, tris, offs, vt), shape.clone()))
+                    with_cpu::<f32, _>(grad, "normals", |g| {
+                        cpu_tensor(normals_bwd_cpu(&p, v, g, tris, offs, vt), shape.clone())
+                    })
                 }),
                 _ => with_cpu::<f64, _>(vertices, "normals", |v| {
-                    with_cpu::<f64, _>(grad, "normals", |g| cpu_tensor(normals_bwd_cpu(&p, v, g, tris, offs, vt), shape.clone()))
+                    with_cpu::<f64, _>(grad, "normals", |g| {
+                        cpu_tensor(normals_bwd_cpu(&p, v, g, tris, offs, vt), shape.clone())
+                    })
                 }),
             })
         })

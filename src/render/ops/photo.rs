@@ -62,7 +62,11 @@ pub fn photo_bwd_cpu<T: Real>(p: &PhotoParams, sampled: &[T], shaded: &[T], mask
             if !(mask[gi] > T::zero()) || !(counts[b] > T::zero()) {
                 continue;
             }
-            let d = [sampled[gi * 3] - shaded[gi * 3], sampled[gi * 3 + 1] - shaded[gi * 3 + 1], sampled[gi * 3 + 2] - shaded[gi * 3 + 2]];
+            let d = [
+                sampled[gi * 3] - shaded[gi * 3],
+                sampled[gi * 3 + 1] - shaded[gi * 3 + 1],
+                sampled[gi * 3 + 2] - shaded[gi * 3 + 2],
+            ];
             let norm = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] + eps).sqrt();
             let s = g[b] * mask[gi] / (counts[b] * norm);
             for q in 0..3 {
@@ -82,12 +86,30 @@ impl CustomOp3 for PhotoOp {
         "fml-photometric-l21"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = l1.shape().dims();
         let p = PhotoParams { batch: d[0] as u32, num_vertices: d[1] as u32, eps: self.eps };
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(photo_fwd_cpu(&p, cpu_slice(s1, l1, "photo")?, cpu_slice(s2, l2, "photo")?, cpu_slice(s3, l3, "photo")?)),
-            CpuStorage::F64(_) => CpuStorage::F64(photo_fwd_cpu(&p, cpu_slice(s1, l1, "photo")?, cpu_slice(s2, l2, "photo")?, cpu_slice(s3, l3, "photo")?)),
+            CpuStorage::F32(_) => CpuStorage::F32(photo_fwd_cpu(
+                &p,
+                cpu_slice(s1, l1, "photo")?,
+                cpu_slice(s2, l2, "photo")?,
+                cpu_slice(s3, l3, "photo")?,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(photo_fwd_cpu(
+                &p,
+                cpu_slice(s1, l1, "photo")?,
+                cpu_slice(s2, l2, "photo")?,
+                cpu_slice(s3, l3, "photo")?,
+            )),
             _ => candle_core::bail!("photo: expected f32 or f64"),
         };
         Ok((out, Shape::from(d[0])))
@@ -108,7 +130,14 @@ impl CustomOp3 for PhotoOp {
         Ok((super::cuda::photo_fwd(&p, s1, l1, s2, l2, s3, l3)?, Shape::from(d[0])))
     }
 
-    fn bwd(&self, a: &Tensor, c: &Tensor, m: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        a: &Tensor,
+        c: &Tensor,
+        m: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let ga = photo_backward(a, c, m, &grad.contiguous()?, self.eps)?;
         let gc = ga.neg()?;
         Ok((Some(ga), Some(gc), None))
@@ -119,7 +148,13 @@ impl CustomOp3 for PhotoOp {
 ///
 /// # Shapes
 /// `sampled`, `shaded`: `[B, N, 3]`; `mask`: `[B, N]`; `grad`: `[B]` -> `[B, N, 3]`.
-pub fn photo_backward(sampled: &Tensor, shaded: &Tensor, mask: &Tensor, grad: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+pub fn photo_backward(
+    sampled: &Tensor,
+    shaded: &Tensor,
+    mask: &Tensor,
+    grad: &Tensor,
+    eps: f32,
+) -> candle_core::Result<Tensor> {
     let (b, n) = dims_bn3(sampled, "photo backward")?;
     let p = PhotoParams { batch: b as u32, num_vertices: n as u32, eps };
     #[cfg(feature = "cuda")]
@@ -151,7 +186,11 @@ pub fn photometric_l21(sampled: &Tensor, shaded: &Tensor, mask: &Tensor) -> cand
     let (b, n) = dims_bn3(sampled, "photometric_l21")?;
     float_dtype(sampled, "photometric_l21")?;
     if shaded.dims() != [b, n, 3] || mask.dims() != [b, n] {
-        candle_core::bail!("photometric_l21: shaded {:?} / mask {:?} do not match [{b}, {n}, 3] / [{b}, {n}]", shaded.dims(), mask.dims());
+        candle_core::bail!(
+            "photometric_l21: shaded {:?} / mask {:?} do not match [{b}, {n}, 3] / [{b}, {n}]",
+            shaded.dims(),
+            mask.dims()
+        );
     }
     let mask = mask.detach().to_dtype(sampled.dtype())?.contiguous()?;
     sampled.contiguous()?.apply_op3(&shaded.contiguous()?, &mask, PhotoOp { eps: PHOTO_EPS })

@@ -94,7 +94,10 @@ pub fn sample_fwd_cpu<T: Real>(p: &SampleParams, v: &[T], img: &[T]) -> Vec<T> {
             let (wx, wy) = (fp.wx, fp.wy);
             let one = T::one();
             for c in 0..3 {
-                dst[c] = (one - wx) * (one - wy) * i00[c] + wx * (one - wy) * i10[c] + (one - wx) * wy * i01[c] + wx * wy * i11[c];
+                dst[c] = (one - wx) * (one - wy) * i00[c]
+                    + wx * (one - wy) * i10[c]
+                    + (one - wx) * wy * i01[c]
+                    + wx * wy * i11[c];
             }
         }
     });
@@ -148,15 +151,23 @@ impl CustomOp1 for SampleOp {
         let d = l.shape().dims();
         let p = SampleParams::new(d[0], d[1], &self.params_k);
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(with_cpu::<f32, _>(&self.image, "sample", |img| Ok(sample_fwd_cpu(&p, cpu_slice(s, l, "sample")?, img)))?),
-            CpuStorage::F64(_) => CpuStorage::F64(with_cpu::<f64, _>(&self.image, "sample", |img| Ok(sample_fwd_cpu(&p, cpu_slice(s, l, "sample")?, img)))?),
+            CpuStorage::F32(_) => CpuStorage::F32(with_cpu::<f32, _>(&self.image, "sample", |img| {
+                Ok(sample_fwd_cpu(&p, cpu_slice(s, l, "sample")?, img))
+            })?),
+            CpuStorage::F64(_) => CpuStorage::F64(with_cpu::<f64, _>(&self.image, "sample", |img| {
+                Ok(sample_fwd_cpu(&p, cpu_slice(s, l, "sample")?, img))
+            })?),
             _ => candle_core::bail!("sample: expected f32 or f64"),
         };
         Ok((out, l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let d = l.shape().dims();
         let p = SampleParams::new(d[0], d[1], &self.params_k);
         Ok((super::cuda::sample_fwd(&p, s, l, &self.image)?, l.shape().clone()))
@@ -171,7 +182,12 @@ impl CustomOp1 for SampleOp {
 ///
 /// # Shapes
 /// `vertices`, `grad`: `[B, N, 3]`; `image`: `[B, H, W, 3]` -> `[B, N, 3]`.
-pub fn sample_backward(vertices: &Tensor, image: &Tensor, k: &Intrinsics, grad: &Tensor) -> candle_core::Result<Tensor> {
+pub fn sample_backward(
+    vertices: &Tensor,
+    image: &Tensor,
+    k: &Intrinsics,
+    grad: &Tensor,
+) -> candle_core::Result<Tensor> {
     let (b, n) = dims_bn3(vertices, "sample backward")?;
     let p = SampleParams::new(b, n, k);
     #[cfg(feature = "cuda")]
@@ -202,7 +218,12 @@ pub fn project_and_sample(vertices: &Tensor, image: &Tensor, k: &Intrinsics) -> 
     let (b, _) = dims_bn3(vertices, "project_and_sample")?;
     float_dtype(vertices, "project_and_sample")?;
     if image.dims() != [b, k.height, k.width, 3] {
-        candle_core::bail!("project_and_sample: image {:?}, expected [{b}, {}, {}, 3]", image.dims(), k.height, k.width);
+        candle_core::bail!(
+            "project_and_sample: image {:?}, expected [{b}, {}, {}, 3]",
+            image.dims(),
+            k.height,
+            k.width
+        );
     }
     if k.width < 2 || k.height < 2 {
         candle_core::bail!("project_and_sample: image must be at least 2x2");

@@ -126,12 +126,30 @@ impl CustomOp3 for ShadeOp {
         "fml-sh-shade"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = l1.shape().dims();
         let p = ShadeParams { batch: d[0] as u32, num_vertices: d[1] as u32 };
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(shade_fwd_cpu(&p, cpu_slice(s1, l1, "shade")?, cpu_slice(s2, l2, "shade")?, cpu_slice(s3, l3, "shade")?)),
-            CpuStorage::F64(_) => CpuStorage::F64(shade_fwd_cpu(&p, cpu_slice(s1, l1, "shade")?, cpu_slice(s2, l2, "shade")?, cpu_slice(s3, l3, "shade")?)),
+            CpuStorage::F32(_) => CpuStorage::F32(shade_fwd_cpu(
+                &p,
+                cpu_slice(s1, l1, "shade")?,
+                cpu_slice(s2, l2, "shade")?,
+                cpu_slice(s3, l3, "shade")?,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(shade_fwd_cpu(
+                &p,
+                cpu_slice(s1, l1, "shade")?,
+                cpu_slice(s2, l2, "shade")?,
+                cpu_slice(s3, l3, "shade")?,
+            )),
             _ => candle_core::bail!("shade: expected f32 or f64"),
         };
         Ok((out, l1.shape().clone()))
@@ -152,7 +170,14 @@ impl CustomOp3 for ShadeOp {
         Ok((super::cuda::shade_fwd(&p, s1, l1, s2, l2, s3, l3)?, l1.shape().clone()))
     }
 
-    fn bwd(&self, n: &Tensor, r: &Tensor, gamma: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        n: &Tensor,
+        r: &Tensor,
+        gamma: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (gn, gr, gg) = shade_backward(n, r, gamma, &grad.contiguous()?)?;
         Ok((Some(gn), Some(gr), Some(gg)))
     }
@@ -162,7 +187,12 @@ impl CustomOp3 for ShadeOp {
 ///
 /// # Shapes
 /// `normals`, `reflectance`, `grad`: `[B, N, 3]`; `gamma`: `[B, 27]`.
-pub fn shade_backward(normals: &Tensor, reflectance: &Tensor, gamma: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+pub fn shade_backward(
+    normals: &Tensor,
+    reflectance: &Tensor,
+    gamma: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let (b, nv) = dims_bn3(normals, "shade backward")?;
     let p = ShadeParams { batch: b as u32, num_vertices: nv as u32 };
     #[cfg(feature = "cuda")]
@@ -198,7 +228,11 @@ pub fn shade(normals: &Tensor, reflectance: &Tensor, gamma: &Tensor) -> candle_c
     let (b, n) = dims_bn3(normals, "shade")?;
     float_dtype(normals, "shade")?;
     if reflectance.dims() != [b, n, 3] || gamma.dims() != [b, 27] {
-        candle_core::bail!("shade: reflectance {:?} / gamma {:?} do not match normals [{b}, {n}, 3] / [{b}, 27]", reflectance.dims(), gamma.dims());
+        candle_core::bail!(
+            "shade: reflectance {:?} / gamma {:?} do not match normals [{b}, {n}, 3] / [{b}, 27]",
+            reflectance.dims(),
+            gamma.dims()
+        );
     }
     normals.contiguous()?.apply_op3(&reflectance.contiguous()?, &gamma.contiguous()?, ShadeOp)
 }

@@ -1,0 +1,225 @@
+//! The CNN encoder (Sec. 7): a modified AlexNet [38] — five convolutions, two hidden fully
+//! connected layers and a linear output layer — that regresses the parameter vector x of Sec. 5
+//! from a face crop. Width and input size come from the config so a small variant trains on a
+//! CPU. Weights live in a `VarMap` under `encoder.*`; they are initialised from our own seeded RNG
+//! (He-normal for hidden layers, zeros for the output layer) so a run is reproducible, and the
+//! zero output layer makes training start from the mean face, frontal pose and neutral light.
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+/// One convolution: `[out_channels, kernel, stride, padding, max-pool 3x3/2 after it (0/1)]`.
+pub type ConvSpec = [usize; 5];
+
+/// Encoder architecture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Input crop size (square), pixels. Paper: 240.
+    pub input_size: usize,
+    /// The five convolutions. Default: AlexNet's (96 11x11/4, 256 5x5, 384 3x3, 384 3x3, 256 3x3,
+    /// overlapping 3x3/2 max-pooling after 1, 2 and 5), without local response normalisation.
+    pub conv: Vec<ConvSpec>,
+    /// Hidden fully connected widths. Default: AlexNet's 4096, 4096.
+    pub fc: Vec<usize>,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            input_size: 240,
+            conv: vec![[96, 11, 4, 0, 1], [256, 5, 1, 2, 1], [384, 3, 1, 1, 0], [384, 3, 1, 1, 0], [256, 3, 1, 1, 1]],
+            fc: vec![4096, 4096],
+        }
+    }
+}
+
+impl EncoderConfig {
+    /// Spatial size after the convolution stack, or an error naming the layer that shrinks the
+    /// map to nothing.
+    pub fn feature_size(&self) -> Result<(usize, usize)> {
+        let mut s = self.input_size;
+        let mut c = 3;
+        for (i, &[out, k, stride, pad, pool]) in self.conv.iter().enumerate() {
+            if stride == 0 || s + 2 * pad < k {
+                return Err(Error::invalid(format!("encoder conv{} (kernel {k}) does not fit a {s}x{s} input", i + 1)));
+            }
+            s = (s + 2 * pad - k) / stride + 1;
+            if pool == 1 {
+                if s < 3 {
+                    return Err(Error::invalid(format!(
+                        "encoder pool after conv{} needs at least 3x3, has {s}x{s}",
+                        i + 1
+                    )));
+                }
+                s = (s - 3) / 2 + 1;
+            }
+            c = out;
+        }
+        Ok((c, s))
+    }
+}
+
+/// The encoder network.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    convs: Vec<(Conv2d, bool)>,
+    fcs: Vec<Linear>,
+    head: Linear,
+    pub config: EncoderConfig,
+    pub num_outputs: usize,
+}
+
+/// Prefix of all encoder weights in the run's `VarMap`.
+pub const PREFIX: &str = "encoder";
+
+fn insert(varmap: &VarMap, name: &str, shape: &[usize], std: f64, rng: &mut Rng, device: &Device) -> Result<()> {
+    let mut data = varmap.data().lock().expect("varmap lock");
+    if let Some(v) = data.get(name) {
+        if v.dims() != shape {
+            return Err(Error::invalid(format!("{name} has shape {:?}, the config wants {shape:?}", v.dims())));
+        }
+        return Ok(());
+    }
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| if std == 0.0 { 0.0 } else { (rng.normal() * std) as f32 }).collect();
+    data.insert(name.to_string(), Var::from_tensor(&Tensor::from_vec(values, shape, device)?)?);
+    Ok(())
+}
+
+impl Encoder {
+    /// Build the encoder in `varmap` (weights already present, e.g. from a checkpoint, are used
+    /// as they are) with `num_outputs` outputs.
+    pub fn new(
+        config: &EncoderConfig,
+        num_outputs: usize,
+        varmap: &VarMap,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let (c_last, s_last) = config.feature_size()?;
+        let mut rng = Rng::new(seed ^ 0xE4C0_DE11);
+        let mut in_c = 3;
+        for (i, &[out, k, ..]) in config.conv.iter().enumerate() {
+            let fan_in = in_c * k * k;
+            insert(
+                varmap,
+                &format!("{PREFIX}.conv{}.weight", i + 1),
+                &[out, in_c, k, k],
+                (2.0 / fan_in as f64).sqrt(),
+                &mut rng,
+                device,
+            )?;
+            insert(varmap, &format!("{PREFIX}.conv{}.bias", i + 1), &[out], 0.0, &mut rng, device)?;
+            in_c = out;
+        }
+        let mut in_f = c_last * s_last * s_last;
+        for (i, &w) in config.fc.iter().enumerate() {
+            insert(
+                varmap,
+                &format!("{PREFIX}.fc{}.weight", i + 1),
+                &[w, in_f],
+                (2.0 / in_f as f64).sqrt(),
+                &mut rng,
+                device,
+            )?;
+            insert(varmap, &format!("{PREFIX}.fc{}.bias", i + 1), &[w], 0.0, &mut rng, device)?;
+            in_f = w;
+        }
+        insert(varmap, &format!("{PREFIX}.head.weight"), &[num_outputs, in_f], 0.0, &mut rng, device)?;
+        insert(varmap, &format!("{PREFIX}.head.bias"), &[num_outputs], 0.0, &mut rng, device)?;
+
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, device).pp(PREFIX);
+        let mut convs = Vec::new();
+        let mut in_c = 3;
+        for (i, &[out, k, stride, pad, pool]) in config.conv.iter().enumerate() {
+            let cfg = Conv2dConfig { padding: pad, stride, dilation: 1, groups: 1, cudnn_fwd_algo: None };
+            convs.push((candle_nn::conv2d(in_c, out, k, cfg, vb.pp(format!("conv{}", i + 1)))?, pool == 1));
+            in_c = out;
+        }
+        let mut fcs = Vec::new();
+        let mut in_f = c_last * s_last * s_last;
+        for (i, &w) in config.fc.iter().enumerate() {
+            fcs.push(candle_nn::linear(in_f, w, vb.pp(format!("fc{}", i + 1)))?);
+            in_f = w;
+        }
+        let head = candle_nn::linear(in_f, num_outputs, vb.pp("head"))?;
+        Ok(Encoder { convs, fcs, head, config: config.clone(), num_outputs })
+    }
+
+    /// Regress the parameter vector.
+    ///
+    /// # Shapes
+    /// `images`: `[B, 3, S, S]` in [0, 1] (S = `input_size`) -> `[B, num_outputs]`.
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let s = self.config.input_size;
+        match images.dims() {
+            &[_, 3, h, w] if h == s && w == s => {}
+            d => return Err(Error::invalid(format!("encoder input has shape {d:?}, expected [B, 3, {s}, {s}]"))),
+        }
+        // Centre the input around 0 (the crops are in [0, 1]).
+        let mut x = images.affine(2.0, -1.0)?;
+        for (conv, pool) in &self.convs {
+            x = conv.forward(&x)?.relu()?;
+            if *pool {
+                x = x.max_pool2d_with_stride(3, 2)?;
+            }
+        }
+        let mut x = x.flatten_from(1)?;
+        for fc in &self.fcs {
+            x = fc.forward(&x)?.relu()?;
+        }
+        Ok(self.head.forward(&x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> EncoderConfig {
+        EncoderConfig {
+            input_size: 32,
+            conv: vec![[4, 5, 2, 2, 1], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 1]],
+            fc: vec![16, 16],
+        }
+    }
+
+    #[test]
+    fn alexnet_default_geometry() {
+        // 240 -> conv 11/4 -> 58 -> pool 28 -> conv5 28 -> pool 13 -> 13 -> 13 -> 13 -> pool 6.
+        assert_eq!(EncoderConfig::default().feature_size().unwrap(), (256, 6));
+        let bad = EncoderConfig { input_size: 16, ..EncoderConfig::default() };
+        assert!(bad.feature_size().is_err());
+    }
+
+    #[test]
+    fn zero_head_then_deterministic_init() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let enc = Encoder::new(&tiny(), 7, &vm, 1, &dev).unwrap();
+        let x = Tensor::rand(0f32, 1f32, (2, 3, 32, 32), &dev).unwrap();
+        let y = enc.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[2, 7]);
+        assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let vm2 = VarMap::new();
+        Encoder::new(&tiny(), 7, &vm2, 1, &dev).unwrap();
+        let a = vm.data().lock().unwrap()["encoder.conv1.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = vm2.data().lock().unwrap()["encoder.conv1.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(enc.forward(&Tensor::zeros((1, 3, 30, 30), DType::F32, &dev).unwrap()).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! The regularisers of Sec. 6.2: statistical (eq. 11), corrective smoothness (eq. 12), local
+//! reflectance sparsity (eq. 13), global skin reflectance constancy (eq. 14) and stabilisation
+//! (eq. 15). Each returns the per-image value `[B]` without its weight.
+
+use crate::error::Result;
+use crate::face_model::FaceModel;
+use crate::face_model::topology::one_ring;
+use crate::rng::Rng;
+use candle_core::{D, Device, Tensor};
+
+/// Directed 1-ring edges (i, j), j in N_i, with weight 1 / |N_i|.
+#[derive(Clone, Debug)]
+pub struct Edges {
+    /// `[E]` u32
+    pub src: Tensor,
+    pub dst: Tensor,
+    /// `[E]` f32: 1 / |N_i|
+    pub inv_degree: Tensor,
+    pub num_vertices: usize,
+}
+
+impl Edges {
+    pub fn new(model: &FaceModel, device: &Device) -> Result<Self> {
+        let ring = one_ring(model.num_vertices(), &model.triangles);
+        let (mut s, mut d, mut w) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, nb) in ring.iter().enumerate() {
+            for &j in nb {
+                s.push(i as u32);
+                d.push(j);
+                w.push(1.0 / nb.len() as f32);
+            }
+        }
+        let e = s.len();
+        Ok(Edges {
+            src: Tensor::from_vec(s, e, device)?,
+            dst: Tensor::from_vec(d, e, device)?,
+            inv_degree: Tensor::from_vec(w, e, device)?,
+            num_vertices: model.num_vertices(),
+        })
+    }
+
+    /// Per-edge differences `x_i - x_j`.
+    ///
+    /// # Shapes
+    /// `[B, N, 3]` -> `[B, E, 3]`.
+    pub fn diff(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((x.index_select(&self.src, 1)? - x.index_select(&self.dst, 1)?)?)
+    }
+}
+
+/// Random partner pairs for eq. 14: every skin vertex with `partners` random skin vertices
+/// (fixed once per run, seeded).
+#[derive(Clone, Debug)]
+pub struct SkinPairs {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub mask_size: usize,
+}
+
+impl SkinPairs {
+    pub fn new(model: &FaceModel, partners: usize, seed: u64, device: &Device) -> Result<Self> {
+        let m = &model.skin_mask;
+        let mut rng = Rng::new(seed ^ 0x5C1_4A1B);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for &i in m {
+            for _ in 0..partners {
+                let mut j = m[rng.below(m.len())];
+                if j == i && m.len() > 1 {
+                    j = m[(m.iter().position(|&x| x == i).unwrap() + 1) % m.len()];
+                }
+                a.push(i);
+                b.push(j);
+            }
+        }
+        let n = a.len();
+        Ok(SkinPairs { a: Tensor::from_vec(a, n, device)?, b: Tensor::from_vec(b, n, device)?, mask_size: m.len() })
+    }
+}
+
+/// E_std (eq. 11) split into its geometry and reflectance sums, per image.
+///
+/// # Shapes
+/// `[B, K]` each -> (`[B]`, `[B]`).
+pub fn statistical(z_shape: &Tensor, z_expr: &Tensor, z_albedo: &Tensor) -> Result<(Tensor, Tensor)> {
+    let sq = |z: &Tensor| -> Result<Tensor> {
+        Ok(if z.dim(1)? == 0 { Tensor::zeros(z.dim(0)?, z.dtype(), z.device())? } else { z.sqr()?.sum(1)? })
+    };
+    Ok(((sq(z_shape)? + sq(z_expr)?)?, sq(z_albedo)?))
+}
+
+/// E_smo (eq. 12): `(1/N) sum_i (1/|N_i|) sum_j ||F_i - F_j||^2`, per image.
+///
+/// # Shapes
+/// `offset`: `[B, N, 3]` -> `[B]`.
+pub fn smoothness(offset: &Tensor, edges: &Edges) -> Result<Tensor> {
+    let d2 = edges.diff(offset)?.sqr()?.sum(D::Minus1)?; // [B, E]
+    Ok((d2.broadcast_mul(&edges.inv_degree.unsqueeze(0)?)?.sum(1)? / edges.num_vertices as f64)?)
+}
+
+/// E_sta (eq. 15): `(1/N) sum_i ||F_i||^2`, per image.
+pub fn stabilisation(offset: &Tensor) -> Result<Tensor> {
+    let n = offset.dim(1)?;
+    Ok((offset.sqr()?.sum(D::Minus1)?.sum(1)? / n as f64)?)
+}
+
+/// Constant weights `w_ij = exp(-beta ||chroma(I(u_i)) - chroma(I(u_j))||)` of eq. 13, from
+/// the colours sampled at the current (pre-update) estimate. Pairs with an invisible end get 0
+/// (the image says nothing about them). Chromaticity is `I / (R + G + B)`: the paper's weights
+/// "measure the chromaticity similarity".
+///
+/// # Shapes
+/// `sampled [B, N, 3]`, `visible [B, N]` -> `[B, E]`.
+pub fn chroma_weights(sampled: &Tensor, visible: &Tensor, edges: &Edges, beta: f32) -> Result<Tensor> {
+    let s = sampled.detach();
+    let chroma = s.broadcast_div(&(s.sum_keepdim(D::Minus1)? + 1e-6)?)?;
+    let dist = (edges.diff(&chroma)?.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt()?; // [B, E]
+    let v = visible.detach();
+    let both = (v.index_select(&edges.src, 1)? * v.index_select(&edges.dst, 1)?)?;
+    Ok(((dist * -(beta as f64))?.exp()? * both)?)
+}
+
+/// E_ref (eq. 13): `(1/N) sum_i sum_j w_ij ||r_i - r_j||_2^p`, per image. The norm is smoothed,
+/// `(||.||^2 + 1e-8)^(p/2)`, because its gradient is unbounded at 0 for p < 1.
+///
+/// # Shapes
+/// `reflectance [B, N, 3]`, `weights [B, E]` -> `[B]`.
+pub fn reflectance_sparsity(reflectance: &Tensor, weights: &Tensor, edges: &Edges, p: f32) -> Result<Tensor> {
+    let d2 = edges.diff(reflectance)?.sqr()?.sum(D::Minus1)?;
+    let np = (d2 + 1e-8)?.powf(p as f64 / 2.0)?;
+    Ok(((np * weights)?.sum(1)? / edges.num_vertices as f64)?)
+}
+
+/// E_glo (eq. 14): `(1/|M|) sum_{i in M} sum_{j in G_i} ||r_i - r_j||^2`, per image.
+///
+/// # Shapes
+/// `reflectance [B, N, 3]` -> `[B]`.
+pub fn global_reflectance(reflectance: &Tensor, pairs: &SkinPairs) -> Result<Tensor> {
+    let d = (reflectance.index_select(&pairs.a, 1)? - reflectance.index_select(&pairs.b, 1)?)?;
+    Ok((d.sqr()?.sum(D::Minus1)?.sum(1)? / pairs.mask_size.max(1) as f64)?)
+}

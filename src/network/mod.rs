@@ -1,0 +1,115 @@
+//! The model-based face autoencoder of Fig. 1 assembled from its parts: the CNN encoder, the
+//! parameter split, the multi-level face model and the image formation layer. Training adds
+//! the losses; inference uses it as is.
+
+pub mod params;
+
+use crate::config::Config;
+use crate::encoder::Encoder;
+use crate::error::Result;
+use crate::face_model::FaceModel;
+use crate::face_model::multilevel::{BaseLevel, Correctives, Levels, MultiLevelModel};
+use crate::render::camera::Intrinsics;
+use crate::render::layer::{Backend, ImageFormation};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use params::{ParamLayout, Params};
+
+/// The regressor plus the multi-level model and renderer it is trained through.
+#[derive(Clone, Debug)]
+pub struct FaceNet {
+    pub face_model: FaceModel,
+    pub encoder: Encoder,
+    pub layout: ParamLayout,
+    pub model: MultiLevelModel,
+    pub formation: ImageFormation,
+    pub device: Device,
+}
+
+/// What the network predicts for a batch.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    pub params: Params,
+    pub levels: Levels,
+}
+
+/// Camera translation that puts the mean face's landmark box in the middle of the crop, covering
+/// `fill` of its width: the pose a zero network output stands for.
+pub fn default_translation(model: &FaceModel, k: &Intrinsics, fill: f32) -> [f32; 3] {
+    let lm: Vec<[f32; 3]> = model
+        .landmarks
+        .iter()
+        .map(|&i| {
+            let o = i as usize * 3;
+            [model.mean_shape[o], model.mean_shape[o + 1], model.mean_shape[o + 2]]
+        })
+        .collect();
+    let (lo, hi) = crate::face_model::bounds(&lm);
+    let width = (hi[0] - lo[0]).max(hi[1] - lo[1]).max(1e-3);
+    let distance = k.focal * width / (fill * k.width as f32);
+    let c = [(lo[0] + hi[0]) * 0.5, (lo[1] + hi[1]) * 0.5, (lo[2] + hi[2]) * 0.5];
+    [-c[0], -c[1], -distance - c[2]]
+}
+
+impl FaceNet {
+    /// Build (or restore, when `varmap` already holds the weights) the network for `face_model`.
+    /// `correctives` adds the learned corrective level with `cfg.correctives.count` coefficients.
+    pub fn new(
+        face_model: &FaceModel,
+        cfg: &Config,
+        correctives: bool,
+        backend: Backend,
+        varmap: &VarMap,
+        device: &Device,
+    ) -> Result<Self> {
+        let size = cfg.encoder.input_size;
+        let k = Intrinsics { focal: cfg.camera.focal, width: size, height: size, near: cfg.camera.near };
+        let c = if correctives { cfg.correctives.count } else { 0 };
+        let layout = ParamLayout {
+            shape: face_model.num_shape(),
+            expr: face_model.num_expr(),
+            albedo: face_model.num_albedo(),
+            correctives: c,
+            scales: cfg.params.clone(),
+            default_translation: default_translation(face_model, &k, cfg.camera.landmark_fill),
+        };
+        let encoder = Encoder::new(&cfg.encoder, layout.num_outputs(), varmap, cfg.train.seed, device)?;
+        let base = BaseLevel::new(face_model, device)?;
+        let corr = if c > 0 {
+            let init = (cfg.correctives.init_std[0], cfg.correctives.init_std[1]);
+            Some(Correctives::in_varmap(varmap, c, face_model.num_vertices(), init, cfg.train.seed, device)?)
+        } else {
+            None
+        };
+        Ok(FaceNet {
+            face_model: face_model.clone(),
+            encoder,
+            layout,
+            model: MultiLevelModel { base, correctives: corr },
+            formation: ImageFormation::new(face_model, k, backend, device)?,
+            device: device.clone(),
+        })
+    }
+
+    /// The crop's camera intrinsics.
+    pub fn intrinsics(&self) -> Intrinsics {
+        self.formation.intrinsics
+    }
+
+    /// Regress parameters and evaluate both levels of the face model.
+    ///
+    /// # Shapes
+    /// `images`: `[B, 3, S, S]` in [0, 1].
+    pub fn predict(&self, images: &Tensor) -> Result<Prediction> {
+        let x = self.encoder.forward(images)?;
+        let params = self.layout.split(&x)?;
+        let levels = self.model.evaluate(
+            &params.z_shape,
+            &params.z_expr,
+            &params.z_albedo,
+            params.corr_geometry.as_ref(),
+            params.corr_reflectance.as_ref(),
+        )?;
+        Ok(Prediction { params, levels })
+    }
+}

@@ -1,0 +1,289 @@
+//! CUDA launches of the render kernels in `kernels/render.cu` (feature `cuda`). The PTX is built
+//! by build.rs with nvcc and loaded once per device through candle's module cache.
+
+use super::normals::{NormalsParams, NormalsTopology};
+use super::photo::PhotoParams;
+use super::sample::SampleParams;
+use super::shade::ShadeParams;
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, bail};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/render.ptx"));
+const MODULE: &str = "fml_render";
+const BLOCK: u32 = 256;
+
+unsafe impl DeviceRepr for NormalsParams {}
+unsafe impl DeviceRepr for ShadeParams {}
+unsafe impl DeviceRepr for SampleParams {}
+unsafe impl DeviceRepr for PhotoParams {}
+
+fn linear(total: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((total as u32).div_ceil(BLOCK).max(1), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Grid of (blocks per image, images) for the two-stage reductions.
+fn per_image(batch: u32, n: u32) -> (LaunchConfig, u32) {
+    let blocks = n.div_ceil(BLOCK).max(1);
+    (LaunchConfig { grid_dim: (blocks, batch, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }, blocks)
+}
+
+fn view<'a, T: candle_core::cuda_backend::CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
+        None => bail!("{what}: input must be contiguous"),
+    }
+}
+
+fn cuda_of<'a>(s: &'a Storage, what: &str) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        _ => bail!("{what}: expected a CUDA tensor"),
+    }
+}
+
+fn check_f32(t: &Tensor, what: &str) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        bail!("{what}: the CUDA kernels take f32, got {:?}", t.dtype());
+    }
+    Ok(())
+}
+
+fn to_tensor(slice: CudaSlice<f32>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(
+        Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone())),
+        shape,
+        BackpropOp::none(),
+        false,
+    )
+}
+
+// ------------------------------------------------------------------------------ normals
+
+pub(crate) fn normals_fwd(
+    p: &NormalsParams,
+    s: &CudaStorage,
+    l: &Layout,
+    topo: &NormalsTopology,
+) -> Result<CudaStorage> {
+    let dev = s.device();
+    let v = view::<f32>(s, l, "normals")?;
+    let (gt, lt) = topo.triangles.storage_and_layout();
+    let (go, lo) = topo.offsets.storage_and_layout();
+    let (gv, lv) = topo.vertex_triangles.storage_and_layout();
+    let tris = view::<u32>(cuda_of(&gt, "normals")?, lt, "normals")?;
+    let offs = view::<u32>(cuda_of(&go, "normals")?, lo, "normals")?;
+    let vt = view::<u32>(cuda_of(&gv, "normals")?, lv, "normals")?;
+    let total = p.batch as usize * p.num_vertices as usize;
+    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let f = dev.get_or_load_custom_func("fml_normals_fwd", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(p).arg(&v).arg(&tris).arg(&offs).arg(&vt).arg(&out);
+    unsafe { b.launch(linear(total)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+pub(crate) fn normals_bwd(
+    p: &NormalsParams,
+    vertices: &Tensor,
+    grad: &Tensor,
+    topo: &NormalsTopology,
+) -> Result<Tensor> {
+    check_f32(vertices, "normals backward")?;
+    let (gs, ls) = vertices.storage_and_layout();
+    let (gg, lg) = grad.storage_and_layout();
+    let s = cuda_of(&gs, "normals backward")?;
+    let dev = s.device();
+    let v = view::<f32>(s, ls, "normals backward")?;
+    let g = view::<f32>(cuda_of(&gg, "normals backward")?, lg, "normals backward")?;
+    let (gt, lt) = topo.triangles.storage_and_layout();
+    let (go, lo) = topo.offsets.storage_and_layout();
+    let (gv, lv) = topo.vertex_triangles.storage_and_layout();
+    let tris = view::<u32>(cuda_of(&gt, "normals")?, lt, "normals")?;
+    let offs = view::<u32>(cuda_of(&go, "normals")?, lo, "normals")?;
+    let vt = view::<u32>(cuda_of(&gv, "normals")?, lv, "normals")?;
+    let total = p.batch as usize * p.num_vertices as usize;
+    let gacc = dev.alloc_zeros::<f32>(total * 3)?;
+    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let f1 = dev.get_or_load_custom_func("fml_normals_bwd_acc", MODULE, PTX)?;
+    let mut b1 = f1.builder();
+    b1.arg(p).arg(&v).arg(&g).arg(&tris).arg(&offs).arg(&vt).arg(&gacc);
+    unsafe { b1.launch(linear(total)) }.w()?;
+    let f2 = dev.get_or_load_custom_func("fml_normals_bwd_gather", MODULE, PTX)?;
+    let mut b2 = f2.builder();
+    b2.arg(p).arg(&v).arg(&gacc).arg(&tris).arg(&offs).arg(&vt).arg(&out);
+    unsafe { b2.launch(linear(total)) }.w()?;
+    Ok(to_tensor(out, dev, vertices.shape().clone()))
+}
+
+// ------------------------------------------------------------------------------ shading
+
+pub(crate) fn shade_fwd(
+    p: &ShadeParams,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<CudaStorage> {
+    let dev = s1.device();
+    let (n, r, g) = (view::<f32>(s1, l1, "shade")?, view::<f32>(s2, l2, "shade")?, view::<f32>(s3, l3, "shade")?);
+    let total = p.batch as usize * p.num_vertices as usize;
+    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let f = dev.get_or_load_custom_func("fml_shade_fwd", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(p).arg(&n).arg(&r).arg(&g).arg(&out);
+    unsafe { b.launch(linear(total)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+pub(crate) fn shade_bwd(
+    p: &ShadeParams,
+    normals: &Tensor,
+    refl: &Tensor,
+    gamma: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    check_f32(normals, "shade backward")?;
+    let (g1, l1) = normals.storage_and_layout();
+    let (g2, l2) = refl.storage_and_layout();
+    let (g3, l3) = gamma.storage_and_layout();
+    let (g4, l4) = grad.storage_and_layout();
+    let s1 = cuda_of(&g1, "shade backward")?;
+    let dev = s1.device();
+    let n = view::<f32>(s1, l1, "shade backward")?;
+    let r = view::<f32>(cuda_of(&g2, "shade backward")?, l2, "shade backward")?;
+    let gm = view::<f32>(cuda_of(&g3, "shade backward")?, l3, "shade backward")?;
+    let g = view::<f32>(cuda_of(&g4, "shade backward")?, l4, "shade backward")?;
+    let total = p.batch as usize * p.num_vertices as usize;
+    let (cfg, blocks) = per_image(p.batch, p.num_vertices);
+    let gn = dev.alloc_zeros::<f32>(total * 3)?;
+    let gr = dev.alloc_zeros::<f32>(total * 3)?;
+    let partial = dev.alloc_zeros::<f32>(p.batch as usize * blocks as usize * 27)?;
+    let gg = dev.alloc_zeros::<f32>(p.batch as usize * 27)?;
+    let f = dev.get_or_load_custom_func("fml_shade_bwd", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(p).arg(&n).arg(&r).arg(&gm).arg(&g).arg(&gn).arg(&gr).arg(&partial);
+    unsafe { b.launch(cfg) }.w()?;
+    let f2 = dev.get_or_load_custom_func("fml_shade_bwd_reduce", MODULE, PTX)?;
+    let mut b2 = f2.builder();
+    b2.arg(p).arg(&blocks).arg(&partial).arg(&gg);
+    unsafe { b2.launch(linear(p.batch as usize * 27)) }.w()?;
+    let shape = normals.shape().clone();
+    Ok((to_tensor(gn, dev, shape.clone()), to_tensor(gr, dev, shape), to_tensor(gg, dev, (p.batch as usize, 27))))
+}
+
+// ------------------------------------------------------------------------------ sampling
+
+pub(crate) fn sample_fwd(p: &SampleParams, s: &CudaStorage, l: &Layout, image: &Tensor) -> Result<CudaStorage> {
+    check_f32(image, "sample")?;
+    let dev = s.device();
+    let v = view::<f32>(s, l, "sample")?;
+    let (gi, li) = image.storage_and_layout();
+    let img = view::<f32>(cuda_of(&gi, "sample")?, li, "sample")?;
+    let total = p.batch as usize * p.num_vertices as usize;
+    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let f = dev.get_or_load_custom_func("fml_sample_fwd", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(p).arg(&v).arg(&img).arg(&out);
+    unsafe { b.launch(linear(total)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+pub(crate) fn sample_bwd(p: &SampleParams, vertices: &Tensor, image: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    check_f32(vertices, "sample backward")?;
+    let (g1, l1) = vertices.storage_and_layout();
+    let (g2, l2) = image.storage_and_layout();
+    let (g3, l3) = grad.storage_and_layout();
+    let s1 = cuda_of(&g1, "sample backward")?;
+    let dev = s1.device();
+    let v = view::<f32>(s1, l1, "sample backward")?;
+    let img = view::<f32>(cuda_of(&g2, "sample backward")?, l2, "sample backward")?;
+    let g = view::<f32>(cuda_of(&g3, "sample backward")?, l3, "sample backward")?;
+    let total = p.batch as usize * p.num_vertices as usize;
+    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let f = dev.get_or_load_custom_func("fml_sample_bwd", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(p).arg(&v).arg(&img).arg(&g).arg(&out);
+    unsafe { b.launch(linear(total)) }.w()?;
+    Ok(to_tensor(out, dev, vertices.shape().clone()))
+}
+
+// ------------------------------------------------------------------------------ photometric
+
+/// Per-image (loss, visible count) on the device.
+fn photo_sums(
+    p: &PhotoParams,
+    dev: &CudaDevice,
+    a: &CudaView<f32>,
+    c: &CudaView<f32>,
+    m: &CudaView<f32>,
+) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+    let (cfg, blocks) = per_image(p.batch, p.num_vertices);
+    let partial = dev.alloc_zeros::<f32>(p.batch as usize * blocks as usize * 2)?;
+    let loss = dev.alloc_zeros::<f32>(p.batch as usize)?;
+    let counts = dev.alloc_zeros::<f32>(p.batch as usize)?;
+    let f = dev.get_or_load_custom_func("fml_photo_partial", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(p).arg(a).arg(c).arg(m).arg(&partial);
+    unsafe { b.launch(cfg) }.w()?;
+    let f2 = dev.get_or_load_custom_func("fml_photo_finish", MODULE, PTX)?;
+    let mut b2 = f2.builder();
+    b2.arg(p).arg(&blocks).arg(&partial).arg(&loss).arg(&counts);
+    unsafe { b2.launch(linear(p.batch as usize)) }.w()?;
+    Ok((loss, counts))
+}
+
+pub(crate) fn photo_fwd(
+    p: &PhotoParams,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<CudaStorage> {
+    let dev = s1.device();
+    let (a, c, m) = (view::<f32>(s1, l1, "photo")?, view::<f32>(s2, l2, "photo")?, view::<f32>(s3, l3, "photo")?);
+    let (loss, _) = photo_sums(p, dev, &a, &c, &m)?;
+    Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
+}
+
+pub(crate) fn photo_bwd(
+    p: &PhotoParams,
+    sampled: &Tensor,
+    shaded: &Tensor,
+    mask: &Tensor,
+    grad: &Tensor,
+) -> Result<Tensor> {
+    check_f32(sampled, "photo backward")?;
+    let (g1, l1) = sampled.storage_and_layout();
+    let (g2, l2) = shaded.storage_and_layout();
+    let (g3, l3) = mask.storage_and_layout();
+    let (g4, l4) = grad.storage_and_layout();
+    let s1 = cuda_of(&g1, "photo backward")?;
+    let dev = s1.device();
+    let a = view::<f32>(s1, l1, "photo backward")?;
+    let c = view::<f32>(cuda_of(&g2, "photo backward")?, l2, "photo backward")?;
+    let m = view::<f32>(cuda_of(&g3, "photo backward")?, l3, "photo backward")?;
+    let g = view::<f32>(cuda_of(&g4, "photo backward")?, l4, "photo backward")?;
+    let (_, counts) = photo_sums(p, dev, &a, &c, &m)?;
+    let total = p.batch as usize * p.num_vertices as usize;
+    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let f = dev.get_or_load_custom_func("fml_photo_bwd", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(p).arg(&a).arg(&c).arg(&m).arg(&g).arg(&counts).arg(&out);
+    unsafe { b.launch(linear(total)) }.w()?;
+    Ok(to_tensor(out, dev, sampled.shape().clone()))
+}
