@@ -7,6 +7,7 @@
 //! pipeline. `config`, `error`, `io`, `rng` and `checkpoint` are shared by all of them.
 
 pub mod error;
+pub mod eval;
 pub mod face_model;
 pub mod io;
 pub mod render;
