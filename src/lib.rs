@@ -9,6 +9,7 @@
 pub mod config;
 pub mod encoder;
 pub mod error;
+pub mod eval;
 pub mod face_model;
 pub mod io;
 pub mod loss;
