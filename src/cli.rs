@@ -1,7 +1,8 @@
 //! Command-line interface: clap derive definitions and dispatch to the library.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use fml::face_model::FaceModel;
+use fml::face_model::import::{ContourOptions, ImportFormat, ImportOptions, Origin};
 use std::path::PathBuf;
 
 /// fml: monocular 3D face reconstruction with a self-supervised multi-level face model.
@@ -32,11 +33,126 @@ pub enum ModelCommand {
         #[command(flatten)]
         truncate: Truncate,
     },
+    /// Import a face model (ICT-FaceKit folder, Basel Face Model .mat, native) as a native model.
+    Import(ImportArgs),
     /// Print a model's summary: vertices, triangles, modes, units, landmarks, license.
     Inspect {
         /// Model file (.safetensors).
         model: PathBuf,
     },
+}
+
+/// Source formats of `fml model import`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum FormatArg {
+    /// ICT-FaceKit `FaceXModel/` folder (OBJ files, cm).
+    Ict,
+    /// Deep3DFaceRecon's `BFM_model_front.mat` (decimetres).
+    BfmFront,
+    /// Basel Face Model 2009 `01_MorphableModel.mat` (micrometres; needs --landmarks or --landmarks-from).
+    Bfm2009,
+    /// A native .safetensors model (re-save, truncate, new landmarks).
+    Native,
+}
+
+/// Origin placement choices of `fml model import`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum OriginArg {
+    /// Keep the source's origin (default for ict and native).
+    Keep,
+    /// Mean of the vertices (default for the BFM formats).
+    Centroid,
+    /// Midpoint of the two eye centres.
+    Eyes,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Source format.
+    #[arg(long, value_enum)]
+    pub format: FormatArg,
+    /// Input: the FaceXModel/ folder (ict) or the file (.mat, .safetensors).
+    pub input: PathBuf,
+    /// Output model file (.safetensors).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// 68 iBUG landmark vertex indices (whitespace/comma separated or a JSON list), 0-based.
+    #[arg(long, value_name = "FILE")]
+    pub landmarks: Option<PathBuf>,
+    /// The --landmarks file counts vertices from 1.
+    #[arg(long)]
+    pub landmarks_one_based: bool,
+    /// Copy landmarks and contour candidates from a native model with the same vertex numbering.
+    #[arg(long, value_name = "MODEL")]
+    pub landmarks_from: Option<PathBuf>,
+    /// ict: keep only vertices 0..K (9409 is ICT's face region) and the triangles inside them.
+    #[arg(long, value_name = "K")]
+    pub vertices: Option<usize>,
+    /// ict: read only the first K identity OBJs.
+    #[arg(long, value_name = "K")]
+    pub identities: Option<usize>,
+    /// Factor from source units to mm (defaults: ict 10, bfm-front 100, bfm2009 0.001).
+    #[arg(long, value_name = "FACTOR")]
+    pub scale: Option<f64>,
+    /// Where to put the origin (default: keep for ict/native, centroid for BFM).
+    #[arg(long, value_enum)]
+    pub origin: Option<OriginArg>,
+    /// Derived contour candidates: half-width (mm) of the band around the jaw line.
+    #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().band_mm)]
+    pub contour_band: f32,
+    /// Derived contour candidates: how far (mm) behind the jaw line they may lie.
+    #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().depth_mm)]
+    pub contour_depth: f32,
+    /// Restrict the face region (photometric term, evaluation) to vertices 0..K.
+    #[arg(long, value_name = "K")]
+    pub face_vertices: Option<usize>,
+    /// Model name (metadata).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// License text (metadata).
+    #[arg(long)]
+    pub license: Option<String>,
+    /// Also write the mean face (with mean reflectance) as a mesh (.obj or .ply).
+    #[arg(long)]
+    pub mesh: Option<PathBuf>,
+    #[command(flatten)]
+    pub truncate: Truncate,
+}
+
+impl ImportArgs {
+    fn options(&self) -> anyhow::Result<ImportOptions> {
+        for (name, v) in [("--contour-band", self.contour_band), ("--contour-depth", self.contour_depth)] {
+            if !(v.is_finite() && v >= 0.0) {
+                anyhow::bail!("{name} {v}: must be a non-negative number of mm");
+            }
+        }
+        Ok(ImportOptions {
+            landmarks: self.landmarks.clone(),
+            landmarks_one_based: self.landmarks_one_based,
+            landmarks_from: self.landmarks_from.clone(),
+            vertices: self.vertices,
+            identities: self.identities,
+            scale: self.scale,
+            origin: self.origin.map(|o| match o {
+                OriginArg::Keep => Origin::Keep,
+                OriginArg::Centroid => Origin::Centroid,
+                OriginArg::Eyes => Origin::Eyes,
+            }),
+            contour: ContourOptions { band_mm: self.contour_band, depth_mm: self.contour_depth },
+            face_vertices: self.face_vertices,
+            name: self.name.clone(),
+            license: self.license.clone(),
+        })
+    }
+
+    fn format(&self) -> ImportFormat {
+        match self.format {
+            FormatArg::Ict => ImportFormat::Ict,
+            FormatArg::BfmFront => ImportFormat::BfmFront,
+            FormatArg::Bfm2009 => ImportFormat::Bfm2009,
+            FormatArg::Native => ImportFormat::Native,
+        }
+    }
 }
 
 /// Keep only the first K modes of each kind, so a model can play a limited base level.
@@ -78,6 +194,18 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             println!("wrote {}", output.display());
             if let Some(mesh) = mesh {
                 model.mean_mesh().save(&mesh)?;
+                println!("wrote {}", mesh.display());
+            }
+        }
+        ModelCommand::Import(args) => {
+            let opts = args.options()?;
+            let mut model = fml::face_model::import::import_model(args.format(), &args.input, &opts)?;
+            args.truncate.apply(&mut model)?;
+            model.save(&args.output)?;
+            println!("{}", model.summary());
+            println!("wrote {}", args.output.display());
+            if let Some(mesh) = &args.mesh {
+                model.mean_mesh().save(mesh)?;
                 println!("wrote {}", mesh.display());
             }
         }

@@ -210,3 +210,24 @@ pub fn save(model: &FaceModel, path: &Path) -> Result<()> {
     let bytes = to_bytes(model)?;
     crate::io::write_atomic_bytes(path, &bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model without expressions (BFM 2009) or identities is valid and survives a round trip
+    /// with empty `[0, N, 3]` bases.
+    #[test]
+    fn zero_mode_bases_round_trip() {
+        let mut m = super::super::demo::demo_model();
+        m.truncate(Some(0), Some(0), None).unwrap();
+        assert_eq!((m.num_shape(), m.num_expr()), (0, 0));
+        m.validate(Path::new("mem")).unwrap();
+        let bytes = to_bytes(&m).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("expr_basis").unwrap().shape(), &[0, m.num_vertices(), 3]);
+        let back = from_bytes(&bytes, Path::new("mem")).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.geometry(&[], &[]).len(), m.num_vertices());
+    }
+}

@@ -6,9 +6,13 @@
 //! into candle tensors and adds the learned corrective bases (eqs. 1-2).
 
 pub mod albedo;
+pub mod bfm;
 pub mod demo;
 pub mod format;
+pub mod ict;
+pub mod import;
 pub mod landmarks;
+pub mod mat;
 pub mod multilevel;
 pub mod regions;
 pub mod topology;
