@@ -11,5 +11,6 @@ pub mod face_model;
 pub mod io;
 pub mod render;
 pub mod rng;
+pub mod synth;
 
 pub use error::{Error, Result};
