@@ -18,6 +18,108 @@ pub enum Command {
     /// Face models: generate the demo model, import, inspect.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Render a synthetic labelled face data set (images, .pts landmarks, meshes, parameters).
+    Synth(SynthArgs),
+}
+
+/// File layout of `fml synth`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutArg {
+    /// DIR/{i:06}.{png,pts,obj,json}, one identity per image.
+    Flat,
+    /// DIR/Tester_{k}/TrainingPose/pose_{j}.{png,pts,obj,json}, identities shared by poses.
+    Facewarehouse,
+}
+
+/// Options of `fml synth`. Unset options keep the value of `--config` or the default.
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Number of images (FaceWarehouse layout: or give --testers).
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Random seed; the same seed writes the same bytes.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// World model (.safetensors); default: the built-in demo model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Image width and height in pixels [default: 240].
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// File layout [default: flat].
+    #[arg(long, value_enum)]
+    pub layout: Option<LayoutArg>,
+    /// FaceWarehouse layout: number of testers (count = testers x poses).
+    #[arg(long)]
+    pub testers: Option<usize>,
+    /// FaceWarehouse layout: poses per tester [default: 20].
+    #[arg(long)]
+    pub poses: Option<usize>,
+    /// Scale of the expression prior's standard deviations [default: 0.6].
+    #[arg(long)]
+    pub expr_scale: Option<f32>,
+    /// Largest head yaw in degrees [default: 40].
+    #[arg(long)]
+    pub max_yaw: Option<f32>,
+    /// Settings file (TOML, any subset of the synth settings recorded in synth.json's "config").
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Do not show the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl SynthArgs {
+    /// The generator settings: the settings file (or defaults), then these options.
+    pub fn to_config(&self) -> anyhow::Result<fml::synth::SynthConfig> {
+        use fml::synth::{Layout, SynthConfig};
+        let mut cfg = match &self.config {
+            Some(path) => SynthConfig::load_toml(path)?,
+            None => SynthConfig::default(),
+        };
+        if let Some(v) = self.seed {
+            cfg.seed = v;
+        }
+        if let Some(v) = &self.model {
+            cfg.model = Some(v.clone());
+        }
+        if let Some(v) = self.size {
+            cfg.size = v;
+        }
+        if let Some(v) = self.layout {
+            cfg.layout = match v {
+                LayoutArg::Flat => Layout::Flat,
+                LayoutArg::Facewarehouse => Layout::FaceWarehouse,
+            };
+        }
+        if let Some(v) = self.poses {
+            cfg.poses_per_tester = v;
+        }
+        if let Some(v) = self.expr_scale {
+            cfg.expr_scale = v;
+        }
+        if let Some(v) = self.max_yaw {
+            cfg.yaw_deg = v;
+        }
+        if self.testers.is_some() && cfg.layout != Layout::FaceWarehouse {
+            anyhow::bail!("--testers needs --layout facewarehouse");
+        }
+        match (self.count, self.testers) {
+            (Some(c), Some(t)) if c != t * cfg.poses_per_tester => anyhow::bail!(
+                "--count {c} disagrees with --testers {t} x {} poses; give one of them",
+                cfg.poses_per_tester
+            ),
+            (Some(c), _) => cfg.count = c,
+            (None, Some(t)) => cfg.count = t * cfg.poses_per_tester,
+            (None, None) if self.config.is_some() => {}
+            (None, None) => anyhow::bail!("give --count (or --testers with --layout facewarehouse)"),
+        }
+        cfg.progress = !self.quiet;
+        Ok(cfg)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,7 +283,23 @@ impl Truncate {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => run_model(cmd),
+        Command::Synth(args) => run_synth(args),
     }
+}
+
+fn run_synth(args: SynthArgs) -> anyhow::Result<()> {
+    let cfg = args.to_config()?;
+    let s = fml::synth::generate(&cfg, &args.output)?;
+    println!(
+        "wrote {} images of {} identities from model {} to {} (expressions: {:?}, {:.1} of 68 landmarks visible on average)",
+        s.images,
+        s.testers,
+        s.model,
+        s.out_dir.display(),
+        s.expr_sampling,
+        s.mean_visible_landmarks
+    );
+    Ok(())
 }
 
 fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ pub mod loss;
 pub mod network;
 pub mod render;
 pub mod rng;
+pub mod synth;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 pub mod camera;
 pub mod layer;
 pub mod ops;
+pub mod raster;
 pub mod reference;
 pub mod sh;
 
