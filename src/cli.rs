@@ -20,6 +20,8 @@ pub enum Command {
     Model(ModelCommand),
     /// Render a synthetic labelled face data set (images, .pts landmarks, meshes, parameters).
     Synth(SynthArgs),
+    /// Crop faces from images with landmarks and pack them into a training dataset file.
+    Prepare(PrepareArgs),
 }
 
 /// File layout of `fml synth`.
@@ -120,6 +122,48 @@ impl SynthArgs {
         cfg.progress = !self.quiet;
         Ok(cfg)
     }
+}
+
+/// `fml prepare INPUT... -o DATASET`.
+#[derive(Args, Debug)]
+pub struct PrepareArgs {
+    /// Image folders (searched recursively; `x.png` needs a sibling `x.pts` or `x.land`),
+    /// single images, or manifests (.json / .csv).
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Output dataset file (conventionally .fmlds); written atomically.
+    #[arg(short, long, value_name = "DATASET")]
+    pub output: PathBuf,
+    /// Side of the square crops in pixels.
+    #[arg(long, default_value_t = 240)]
+    pub size: u32,
+    /// Fraction of faces put in the validation split.
+    #[arg(long, default_value_t = 0.02)]
+    pub val_fraction: f64,
+    /// Seed of the train/validation split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip faces whose landmark box is smaller than this (larger side, source pixels).
+    #[arg(long, value_name = "PIXELS", default_value_t = 40.0)]
+    pub min_face: f32,
+    /// Crop side as a multiple of the landmark box's larger side.
+    #[arg(long, default_value_t = 1.3)]
+    pub margin: f32,
+    /// Fill for crop pixels outside the image.
+    #[arg(long, value_enum, default_value_t = fml::data::crop::Pad::Edge)]
+    pub pad: fml::data::crop::Pad,
+    /// Skip faces whose mean landmark confidence is below this.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_confidence: f32,
+    /// How far (fraction of the face size) a landmark may lie outside the image.
+    #[arg(long, default_value_t = 0.05)]
+    pub outside_tolerance: f32,
+    /// .land files measure y from the bottom edge of the image.
+    #[arg(long)]
+    pub land_y_up: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -284,6 +328,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => run_model(cmd),
         Command::Synth(args) => run_synth(args),
+        Command::Prepare(args) => run_prepare(args),
     }
 }
 
@@ -299,6 +344,25 @@ fn run_synth(args: SynthArgs) -> anyhow::Result<()> {
         s.expr_sampling,
         s.mean_visible_landmarks
     );
+    Ok(())
+}
+
+fn run_prepare(a: PrepareArgs) -> anyhow::Result<()> {
+    use fml::data::crop::CropConfig;
+    let cfg = fml::data::PrepareConfig {
+        crop: CropConfig { size: a.size, margin: a.margin, pad: a.pad, ..CropConfig::default() },
+        val_fraction: a.val_fraction,
+        seed: a.seed,
+        min_face: a.min_face,
+        min_confidence: a.min_confidence,
+        outside_tolerance: a.outside_tolerance,
+        land_y_up: a.land_y_up,
+        progress: !a.quiet,
+        ..fml::data::PrepareConfig::default()
+    };
+    let report = fml::data::prepare(&a.inputs, &a.output, &cfg)?;
+    println!("{report}");
+    println!("wrote {}", a.output.display());
     Ok(())
 }
 

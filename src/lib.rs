@@ -7,6 +7,7 @@
 //! pipeline. `config`, `error`, `io`, `rng` and `checkpoint` are shared by all of them.
 
 pub mod config;
+pub mod data;
 pub mod encoder;
 pub mod error;
 pub mod eval;
