@@ -22,6 +22,99 @@ pub enum Command {
     Synth(SynthArgs),
     /// Crop faces from images with landmarks and pack them into a training dataset file.
     Prepare(PrepareArgs),
+    /// Pretrain the encoder on the base level (paper Sec. 7: 200k iterations, batch 5).
+    Train(TrainArgs),
+    /// Jointly learn the encoder and the corrective bases, starting from a pretraining run.
+    Finetune(FinetuneArgs),
+}
+
+/// Options shared by `fml train` and `fml finetune`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run configuration (TOML), e.g. configs/base.toml.
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Run directory for the effective config, log.jsonl and checkpoint
+    /// [default: runs/<config name>].
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override train.steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Override data.dataset.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Override train.device (cpu, cuda, auto).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Stop (with a checkpoint) after this many steps in all, to continue later with --resume.
+    #[arg(long, value_name = "STEP")]
+    pub stop_at: Option<u64>,
+    /// No progress output.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `fml train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `fml finetune`.
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The pretraining run (its directory or checkpoint file).
+    #[arg(long)]
+    pub from: PathBuf,
+}
+
+impl RunArgs {
+    fn options(&self, stage: fml::train::Stage) -> anyhow::Result<fml::train::TrainOptions> {
+        let mut config = fml::config::Config::load(&self.config)?;
+        if let Some(s) = self.steps {
+            config.train.steps = s;
+        }
+        if let Some(d) = &self.data {
+            config.data.dataset = d.clone();
+        }
+        if let Some(d) = &self.device {
+            config.train.device = d.clone();
+        }
+        let out = match &self.out {
+            Some(o) => o.clone(),
+            None => {
+                let stem =
+                    self.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+                PathBuf::from("runs").join(stem)
+            }
+        };
+        Ok(fml::train::TrainOptions {
+            config,
+            stage,
+            out,
+            resume: self.resume,
+            progress: !self.quiet,
+            stop_at: self.stop_at,
+        })
+    }
+}
+
+fn run_training(opts: fml::train::TrainOptions) -> anyhow::Result<()> {
+    let r = fml::train::train(&opts)?;
+    let fmt = |v: &[(String, f64)]| v.iter().map(|(k, x)| format!("{k} {x:.5}")).collect::<Vec<_>>().join(", ");
+    println!("{} at step {}: {}", opts.stage_name(), r.step, fmt(&r.last));
+    if let Some(v) = &r.validation {
+        println!("validation: {}", fmt(v));
+    }
+    println!("{:.1} images/s; run directory {}", r.images_per_sec, r.out.display());
+    Ok(())
 }
 
 /// File layout of `fml synth`.
@@ -329,6 +422,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => run_model(cmd),
         Command::Synth(args) => run_synth(args),
         Command::Prepare(args) => run_prepare(args),
+        Command::Train(a) => run_training(a.run.options(fml::train::Stage::Pretrain)?),
+        Command::Finetune(a) => run_training(a.run.options(fml::train::Stage::Finetune { from: a.from.clone() })?),
     }
 }
 

@@ -22,7 +22,8 @@ pub struct Config {
     pub loss: LossConfig,
     pub optim: OptimConfig,
     pub train: TrainConfig,
-    pub augment: AugmentConfig,
+    /// Training-time augmentation of the crops (none by default).
+    pub augment: crate::data::augment::Augment,
 }
 
 /// Which face model, possibly truncated to play a limited base level.
@@ -43,12 +44,13 @@ impl Default for ModelConfig {
     }
 }
 
-/// Training and validation data (packed datasets written by `fml prepare`).
+/// Training data: a packed dataset written by `fml prepare` (its records carry the
+/// train/validation split).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    pub train: PathBuf,
-    pub val: Option<PathBuf>,
+    /// The .fmlds file. Relative paths are relative to the working directory.
+    pub dataset: PathBuf,
 }
 
 /// The virtual camera of the crop (Sec. 5, full perspective).
@@ -196,22 +198,6 @@ impl Default for TrainConfig {
     }
 }
 
-/// Training-time augmentation of the crops.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentConfig {
-    pub shift_px: f32,
-    pub scale: [f32; 2],
-    pub color_jitter: f32,
-    pub flip_prob: f32,
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        AugmentConfig { shift_px: 4.0, scale: [0.95, 1.05], color_jitter: 0.1, flip_prob: 0.5 }
-    }
-}
-
 impl Config {
     /// Read a TOML config; unknown keys and bad values are errors naming the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Config> {
@@ -266,6 +252,7 @@ impl Config {
                 return bad(format!("loss.{name} = {w} must be a non-negative number"));
             }
         }
+        self.augment.validate()?;
         if !matches!(self.train.device.as_str(), "cpu" | "cuda" | "auto") {
             return bad(format!("train.device = {:?}: use cpu, cuda or auto", self.train.device));
         }

@@ -165,7 +165,7 @@ impl Encoder {
         for (conv, pool) in &self.convs {
             x = conv.forward(&x)?.relu()?;
             if *pool {
-                x = x.max_pool2d_with_stride(3, 2)?;
+                x = max_pool_3x3_s2(&x)?;
             }
         }
         let mut x = x.flatten_from(1)?;
@@ -176,9 +176,56 @@ impl Encoder {
     }
 }
 
+/// AlexNet's overlapping 3x3 max-pooling with stride 2, built from differentiable ops (candle's
+/// `max_pool2d` has no backward when kernel and stride differ). Max is separable, so the 3x3
+/// window is a 3-wide pool along W, then along H; along one axis
+/// `y[i] = max(x[2i], x[2i+1], x[2i+2])` = max(pairwise max of (x[2i], x[2i+1]), x[2i+2]).
+///
+/// # Shapes
+/// `[B, C, H, W]` -> `[B, C, (H - 1) / 2, (W - 1) / 2]`.
+pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    let x = pool_axis(x, 3)?;
+    pool_axis(&x, 2)
+}
+
+fn pool_axis(x: &Tensor, d: usize) -> Result<Tensor> {
+    let n = x.dim(d)?;
+    if n < 3 {
+        return Err(Error::invalid(format!("3x3/2 max-pooling needs at least 3 samples along an axis, got {n}")));
+    }
+    let m = (n - 1) / 2;
+    // Pairs (x[2i], x[2i+1]) and the following even samples x[2i+2]; padding by one replicated
+    // sample keeps the second slice in range for odd n (it is never selected past the end).
+    let xp = x.pad_with_same(d, 0, 1)?;
+    let mut pair_shape = x.dims().to_vec();
+    pair_shape[d] = m;
+    pair_shape.insert(d + 1, 2);
+    let pairs = xp.narrow(d, 0, 2 * m)?.reshape(pair_shape.clone())?;
+    let next = xp.narrow(d, 2, 2 * m)?.reshape(pair_shape)?.narrow(d + 1, 0, 1)?;
+    let best = pairs.narrow(d + 1, 0, 1)?.maximum(&pairs.narrow(d + 1, 1, 1)?)?.maximum(&next)?;
+    Ok(best.squeeze(d + 1)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_pool_matches_candle_forward_and_has_gradients() {
+        let dev = Device::Cpu;
+        for (h, w) in [(7, 7), (8, 9), (13, 13), (58, 58)] {
+            let x = Tensor::randn(0f32, 1f32, (2, 3, h, w), &dev).unwrap();
+            let ours = max_pool_3x3_s2(&x).unwrap();
+            let theirs = x.max_pool2d_with_stride(3, 2).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let d = (ours - theirs).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(d, 0.0, "{h}x{w}");
+        }
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1f32, (1, 1, 9, 9), &dev).unwrap()).unwrap();
+        let g = max_pool_3x3_s2(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = g.get(v.as_tensor()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((gx - 16.0).abs() < 1e-6, "one unit of gradient per output cell, got {gx}");
+    }
 
     fn tiny() -> EncoderConfig {
         EncoderConfig {

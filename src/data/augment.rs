@@ -16,6 +16,7 @@ use crate::rng::Rng;
 
 /// Augmentation ranges. `Default` is no augmentation.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Augment {
     /// Maximum shift in crop pixels, uniform in [-shift_px, shift_px] per axis.
     pub shift_px: f32,

@@ -1,0 +1,108 @@
+//! Checkpoints: every learned tensor (encoder weights, corrective bases), the optimiser state and
+//! the bookkeeping a resumed run needs (step, loader position, RNG state), in one safetensors
+//! file written atomically — a crash leaves the previous checkpoint intact.
+
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// File name of a run's checkpoint.
+pub const FILE: &str = "checkpoint.safetensors";
+/// Metadata key holding [`Meta`] as JSON.
+const META_KEY: &str = "fml_checkpoint";
+
+/// Bookkeeping stored beside the tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub format_version: u32,
+    /// "pretrain" or "finetune".
+    pub stage: String,
+    /// Completed optimisation steps.
+    pub step: u64,
+    /// The loader position of the next batch.
+    pub loader: crate::data::loader::Position,
+    /// Seed of every random choice of the run. All randomness (shuffling, augmentation) is
+    /// counter-based — a function of (seed, epoch, record) — so seed plus loader position is
+    /// the complete RNG state.
+    pub seed: u64,
+    /// Sizes the weights were trained for, checked on load.
+    pub num_vertices: usize,
+    pub num_outputs: usize,
+    pub correctives: usize,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub meta: Meta,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// Save the variables of `varmap` plus `extra` tensors (optimiser state) and `meta`, atomically.
+pub fn save(path: &Path, varmap: &VarMap, extra: &[(String, Tensor)], meta: &Meta) -> Result<()> {
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+        tensors.insert(name.clone(), var.as_tensor().to_device(&Device::Cpu)?);
+    }
+    for (name, t) in extra {
+        tensors.insert(name.clone(), t.to_device(&Device::Cpu)?);
+    }
+    let mut info = HashMap::new();
+    info.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("meta serialises"));
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(info))
+        .map_err(|e| Error::invalid(format!("serialising checkpoint: {e}")))?;
+    crate::io::write_atomic_bytes(path, &bytes)
+}
+
+/// Load a checkpoint onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("not a checkpoint (bad safetensors header: {e})")))?;
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| Error::format(path, format!("no {META_KEY} metadata: not an fml checkpoint")))?;
+    let meta: Meta =
+        serde_json::from_str(meta_json).map_err(|e| Error::format(path, format!("bad {META_KEY} metadata: {e}")))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| Error::format(path, format!("reading tensors: {e}")))?;
+    for (name, t) in &tensors {
+        let s = t.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        if !s.is_finite() {
+            return Err(Error::format(path, format!("tensor {name} holds NaN or infinite values")));
+        }
+    }
+    Ok(Checkpoint { meta, tensors })
+}
+
+/// Put the checkpoint's tensors whose names start with one of `prefixes` into `varmap`
+/// (creating or overwriting variables).
+pub fn restore_vars(ckpt: &Checkpoint, varmap: &VarMap, prefixes: &[&str]) -> Result<usize> {
+    let mut data = varmap.data().lock().expect("varmap lock");
+    let mut n = 0;
+    for (name, t) in &ckpt.tensors {
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            match data.get(name) {
+                Some(v) => {
+                    if v.dims() != t.dims() {
+                        return Err(Error::invalid(format!(
+                            "checkpoint tensor {name} has shape {:?}, the model has {:?}",
+                            t.dims(),
+                            v.dims()
+                        )));
+                    }
+                    v.set(t)?;
+                }
+                None => {
+                    data.insert(name.clone(), candle_core::Var::from_tensor(t)?);
+                }
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,367 @@
+//! The training loop of Sec. 7: pretraining of the base level (`fml train`) and joint learning
+//! of encoder and corrective bases (`fml finetune`), with logging, validation, atomic
+//! checkpoints and exact resumption.
+
+use super::adadelta::AdaDelta;
+use crate::checkpoint::{self, Meta};
+use crate::config::Config;
+use crate::data::dataset::Split;
+use crate::data::loader::{Loader, LoaderConfig, Position};
+use crate::encoder;
+use crate::error::{Error, Result};
+use crate::face_model::FaceModel;
+use crate::face_model::multilevel::{GEOMETRY_CORRECTIVES, REFLECTANCE_CORRECTIVES};
+use crate::loss::{Objective, TrainBatch};
+use crate::network::FaceNet;
+use candle_core::{Device, Tensor};
+use candle_nn::{Optimizer, VarMap};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Which stage of Sec. 7 to run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stage {
+    /// Base level only (paper: 200k iterations, lr 0.01).
+    Pretrain,
+    /// Encoder plus correctives, initialised from a pretraining run's checkpoint.
+    Finetune { from: PathBuf },
+}
+
+impl Stage {
+    fn name(&self) -> &'static str {
+        match self {
+            Stage::Pretrain => "pretrain",
+            Stage::Finetune { .. } => "finetune",
+        }
+    }
+}
+
+/// What `fml train` / `fml finetune` were asked to do.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub config: Config,
+    pub stage: Stage,
+    /// Run directory (config, log, checkpoint).
+    pub out: PathBuf,
+    /// Continue the run in `out` from its checkpoint.
+    pub resume: bool,
+    /// Progress bar (stderr) when on a terminal; plain log lines otherwise.
+    pub progress: bool,
+    /// Stop after this many completed steps even if `train.steps` is larger (a deliberate
+    /// interruption, used by tests and for time-boxed runs); the checkpoint is written.
+    pub stop_at: Option<u64>,
+}
+
+impl TrainOptions {
+    /// "pretrain" or "finetune".
+    pub fn stage_name(&self) -> &'static str {
+        self.stage.name()
+    }
+}
+
+/// Summary of a finished (or stopped) run.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub out: PathBuf,
+    pub step: u64,
+    /// Last training step's terms.
+    pub last: Vec<(String, f64)>,
+    /// Last validation means, if any.
+    pub validation: Option<Vec<(String, f64)>>,
+    pub images_per_sec: f64,
+}
+
+/// The face model a config names ("demo" or a file), truncated as configured.
+pub fn load_face_model(cfg: &crate::config::ModelConfig) -> Result<FaceModel> {
+    let mut m = if cfg.path == "demo" { crate::face_model::demo::demo_model() } else { FaceModel::load(&cfg.path)? };
+    if cfg.shape_modes.is_some() || cfg.expr_modes.is_some() || cfg.albedo_modes.is_some() {
+        m.truncate(cfg.shape_modes, cfg.expr_modes, cfg.albedo_modes)?;
+    }
+    Ok(m)
+}
+
+/// "cpu", "cuda" or "auto" (CUDA when this build has it and a GPU is present).
+pub fn select_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !cfg!(feature = "cuda") {
+                return Err(Error::invalid("device cuda: this fml was built without the `cuda` feature"));
+            }
+            Ok(Device::new_cuda(0)?)
+        }
+        "auto" => Ok(if cfg!(feature = "cuda") { Device::cuda_if_available(0)? } else { Device::Cpu }),
+        other => Err(Error::invalid(format!("unknown device {other:?} (cpu, cuda or auto)"))),
+    }
+}
+
+/// The pretraining head `[P0, F]` grown to `[P0 + 2C, F]` with zero rows for the corrective
+/// coefficients (they sit last in the parameter vector), so finetuning starts exactly where
+/// pretraining ended.
+fn grow_head(t: &Tensor, rows: usize) -> Result<Tensor> {
+    let have = t.dim(0)?;
+    if have == rows {
+        return Ok(t.clone());
+    }
+    if have > rows {
+        return Err(Error::invalid(format!("pretrained head has {have} outputs, more than the {rows} needed")));
+    }
+    let mut shape = t.dims().to_vec();
+    shape[0] = rows - have;
+    Ok(Tensor::cat(&[t, &Tensor::zeros(shape, t.dtype(), t.device())?], 0)?)
+}
+
+fn open_log(out: &Path, keep_through: Option<u64>) -> Result<std::fs::File> {
+    let path = out.join("log.jsonl");
+    // On resume, drop lines of steps after the checkpoint: they are about to be redone.
+    if let Some(step) = keep_through {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::io::write_atomic_bytes(&path, kept.as_bytes())?;
+        }
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))
+}
+
+fn json_terms(terms: &[(String, f64)]) -> serde_json::Value {
+    serde_json::Value::Object(terms.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect())
+}
+
+/// Run (or resume) a training stage.
+pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
+    let cfg = &opts.config;
+    cfg.validate()?;
+    let device = select_device(&cfg.train.device)?;
+    let face_model = load_face_model(&cfg.model)?;
+    let correctives = matches!(opts.stage, Stage::Finetune { .. });
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let ckpt_path = opts.out.join(checkpoint::FILE);
+
+    let varmap = VarMap::new();
+    let mut resumed: Option<checkpoint::Checkpoint> = None;
+    if opts.resume {
+        let ck = checkpoint::load(&ckpt_path, &device)?;
+        if ck.meta.stage != opts.stage.name() {
+            return Err(Error::invalid(format!(
+                "{} is a {} checkpoint, not {}",
+                ckpt_path.display(),
+                ck.meta.stage,
+                opts.stage.name()
+            )));
+        }
+        checkpoint::restore_vars(&ck, &varmap, &[encoder::PREFIX, "correctives."])?;
+        resumed = Some(ck);
+    } else {
+        if ckpt_path.exists() {
+            return Err(Error::invalid(format!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                opts.out.display()
+            )));
+        }
+        if let Stage::Finetune { from } = &opts.stage {
+            let src = if from.is_dir() { from.join(checkpoint::FILE) } else { from.clone() };
+            let ck = checkpoint::load(&src, &device)?;
+            if ck.meta.num_vertices != face_model.num_vertices() {
+                return Err(Error::invalid(format!(
+                    "{} was trained on a model with {} vertices; this config's model has {}",
+                    src.display(),
+                    ck.meta.num_vertices,
+                    face_model.num_vertices()
+                )));
+            }
+            checkpoint::restore_vars(&ck, &varmap, &[encoder::PREFIX])?;
+        }
+    }
+    // Grow a pretrained head to the finetuning layout before the encoder is built over it.
+    let probe = FaceNet::new(&face_model, cfg, false, cfg.train.backend, &VarMap::new(), &Device::Cpu)?;
+    let rows = probe.layout.num_outputs() + if correctives { 2 * cfg.correctives.count } else { 0 };
+    {
+        let mut data = varmap.data().lock().expect("varmap lock");
+        for name in [format!("{}.head.weight", encoder::PREFIX), format!("{}.head.bias", encoder::PREFIX)] {
+            if let Some(v) = data.get(&name) {
+                if v.dim(0)? != rows {
+                    let grown = grow_head(v.as_tensor(), rows)?;
+                    data.insert(name, candle_core::Var::from_tensor(&grown)?);
+                }
+            }
+        }
+    }
+    let net = FaceNet::new(&face_model, cfg, correctives, cfg.train.backend, &varmap, &device)?;
+    let objective = Objective::new(&net, &cfg.loss, cfg.train.seed)?;
+
+    // Parameter groups (Sec. 7): encoder / base level, geometry and reflectance correctives.
+    let mut groups = Vec::new();
+    {
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let lr = match name.as_str() {
+                GEOMETRY_CORRECTIVES => cfg.optim.lr_geometry,
+                REFLECTANCE_CORRECTIVES => cfg.optim.lr_reflectance,
+                _ => cfg.optim.lr_encoder,
+            };
+            groups.push((name.clone(), data[name].clone(), lr));
+        }
+    }
+    let mut opt = AdaDelta::with_groups(groups, cfg.optim.rho, cfg.optim.eps)?;
+
+    let loader = Loader::new(
+        &cfg.data.dataset,
+        LoaderConfig {
+            batch_size: cfg.train.batch,
+            shuffle: true,
+            seed: cfg.train.seed,
+            augment: cfg.augment.clone(),
+            drop_last: true,
+            split: Some(Split::Train),
+            prefetch: 3,
+        },
+    )?;
+    if loader.image_size() != cfg.encoder.input_size {
+        return Err(Error::invalid(format!(
+            "{} holds {s}x{s} crops but encoder.input_size is {}",
+            cfg.data.dataset.display(),
+            cfg.encoder.input_size,
+            s = loader.image_size()
+        )));
+    }
+    let has_val = !loader.dataset().indices(Some(Split::Val)).is_empty();
+
+    let (mut step, mut position) = (0u64, Position::default());
+    if let Some(ck) = &resumed {
+        opt.load_state(&ck.tensors)?;
+        step = ck.meta.step;
+        position = ck.meta.loader;
+    }
+    crate::io::write_atomic_bytes(opts.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let mut log = open_log(&opts.out, resumed.as_ref().map(|c| c.meta.step))?;
+    let target = opts.stop_at.map_or(cfg.train.steps, |s| s.min(cfg.train.steps));
+
+    let meta_at = |step: u64, loader: Position| Meta {
+        format_version: 1,
+        stage: opts.stage.name().into(),
+        step,
+        loader,
+        seed: cfg.train.seed,
+        num_vertices: face_model.num_vertices(),
+        num_outputs: net.layout.num_outputs(),
+        correctives: net.layout.correctives,
+    };
+    let save = |step: u64, pos: Position, opt: &AdaDelta| {
+        checkpoint::save(&ckpt_path, &varmap, &opt.state(), &meta_at(step, pos))
+    };
+
+    let tty = opts.progress && std::io::stderr().is_terminal();
+    let bar = if tty {
+        let b = indicatif::ProgressBar::new(target);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
+        );
+        b.set_position(step);
+        Some(b)
+    } else {
+        None
+    };
+    let plain_every = (target / 20).max(1);
+
+    let mut last = Vec::new();
+    let mut validation = None;
+    let start = Instant::now();
+    let first_step = step;
+    let mut batches = loader.iter_from(position);
+    while step < target {
+        let batch = batches.next().ok_or_else(|| Error::invalid("the data loader stopped"))??;
+        let b = batch.len();
+        let tb = TrainBatch::from_host(batch.images, batch.landmarks, batch.confidence, b, batch.size, &device)?;
+        let pred = net.predict(&tb.images)?;
+        let terms = objective.compute(&net, &pred, &tb)?;
+        // A NaN/Inf loss stops here, before any update: the last checkpoint stays as it was.
+        let values = terms.values().map_err(|e| Error::NonFinite(format!("step {}: {e}", step + 1)))?;
+        let grads = terms.total.backward()?;
+        opt.step(&grads)?;
+        step += 1;
+        position = batch.next;
+        let elapsed = start.elapsed().as_secs_f64();
+        let ips = (step - first_step) as f64 * b as f64 / elapsed.max(1e-9);
+        let line = serde_json::json!({"step": step, "split": "train", "loss": json_terms(&values), "images_per_s": ips, "lr": opt.learning_rate()});
+        writeln!(log, "{line}").map_err(|e| Error::io(opts.out.join("log.jsonl"), e))?;
+        let total = values[0].1;
+        let px = values.iter().find(|(k, _)| k == "landmark_px").map_or(0.0, |v| v.1);
+        match &bar {
+            Some(bar) => {
+                bar.set_position(step);
+                bar.set_message(format!("loss {total:.4} lmk {px:.2}px {ips:.1} img/s"));
+            }
+            None if opts.progress && (step % plain_every == 0 || step == target) => {
+                eprintln!("step {step}/{target} loss {total:.5} landmarks {px:.2} px {ips:.1} img/s");
+            }
+            None => {}
+        }
+        last = values;
+        if has_val && cfg.train.val_every > 0 && (step % cfg.train.val_every == 0 || step == target) {
+            let v = validate(&net, &objective, &loader, cfg.train.val_batches, &device)?;
+            let line = serde_json::json!({"step": step, "split": "val", "loss": json_terms(&v)});
+            writeln!(log, "{line}").map_err(|e| Error::io(opts.out.join("log.jsonl"), e))?;
+            validation = Some(v);
+        }
+        if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && step != target {
+            save(step, position, &opt)?;
+        }
+    }
+    drop(batches);
+    save(step, position, &opt)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let images = (step - first_step) as f64 * cfg.train.batch as f64;
+    Ok(TrainReport { out: opts.out.clone(), step, last, validation, images_per_sec: images / elapsed.max(1e-9) })
+}
+
+/// Mean loss terms over (at most `max_batches`) validation batches, without updates.
+pub fn validate(
+    net: &FaceNet,
+    objective: &Objective,
+    train_loader: &Loader,
+    max_batches: usize,
+    device: &Device,
+) -> Result<Vec<(String, f64)>> {
+    let mut cfg = train_loader.config().clone();
+    cfg.split = Some(Split::Val);
+    cfg.shuffle = false;
+    cfg.drop_last = false;
+    cfg.augment = crate::data::augment::Augment::none();
+    let loader = Loader::new(train_loader.dataset().path(), cfg)?;
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    let mut count = 0usize;
+    for batch in loader.iter_epoch(0).take(max_batches.max(1)) {
+        let batch = batch?;
+        let b = batch.len();
+        let tb = TrainBatch::from_host(batch.images, batch.landmarks, batch.confidence, b, batch.size, device)?;
+        let pred = net.predict(&tb.images)?;
+        let values = objective.compute(net, &pred, &tb)?.values()?;
+        if sums.is_empty() {
+            sums = values.iter().map(|(k, _)| (k.clone(), 0.0)).collect();
+        }
+        for (s, (_, v)) in sums.iter_mut().zip(&values) {
+            s.1 += v * b as f64;
+        }
+        count += b;
+    }
+    for s in &mut sums {
+        s.1 /= count.max(1) as f64;
+    }
+    Ok(sums)
+}
