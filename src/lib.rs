@@ -13,6 +13,7 @@ pub mod encoder;
 pub mod error;
 pub mod eval;
 pub mod face_model;
+pub mod infer;
 pub mod io;
 pub mod loss;
 pub mod network;
