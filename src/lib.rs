@@ -15,6 +15,7 @@ pub mod eval;
 pub mod face_model;
 pub mod infer;
 pub mod io;
+pub mod kernel;
 pub mod loss;
 pub mod network;
 pub mod render;

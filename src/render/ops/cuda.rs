@@ -5,67 +5,24 @@ use super::normals::{NormalsParams, NormalsTopology};
 use super::photo::PhotoParams;
 use super::sample::SampleParams;
 use super::shade::ShadeParams;
+use crate::kernel::cuda::{BLOCK, check_f32, cuda_of, linear, to_tensor, view};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CudaStorage, Layout, Result, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/render.ptx"));
 const MODULE: &str = "fml_render";
-const BLOCK: u32 = 256;
 
 unsafe impl DeviceRepr for NormalsParams {}
 unsafe impl DeviceRepr for ShadeParams {}
 unsafe impl DeviceRepr for SampleParams {}
 unsafe impl DeviceRepr for PhotoParams {}
 
-fn linear(total: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((total as u32).div_ceil(BLOCK).max(1), 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// Grid of (blocks per image, images) for the two-stage reductions.
 fn per_image(batch: u32, n: u32) -> (LaunchConfig, u32) {
     let blocks = n.div_ceil(BLOCK).max(1);
     (LaunchConfig { grid_dim: (blocks, batch, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }, blocks)
-}
-
-fn view<'a, T: candle_core::cuda_backend::CudaDType>(
-    s: &'a CudaStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<CudaView<'a, T>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
-        None => bail!("{what}: input must be contiguous"),
-    }
-}
-
-fn cuda_of<'a>(s: &'a Storage, what: &str) -> Result<&'a CudaStorage> {
-    match s {
-        Storage::Cuda(c) => Ok(c),
-        _ => bail!("{what}: expected a CUDA tensor"),
-    }
-}
-
-fn check_f32(t: &Tensor, what: &str) -> Result<()> {
-    if t.dtype() != DType::F32 {
-        bail!("{what}: the CUDA kernels take f32, got {:?}", t.dtype());
-    }
-    Ok(())
-}
-
-fn to_tensor(slice: CudaSlice<f32>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
-    Tensor::from_storage(
-        Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone())),
-        shape,
-        BackpropOp::none(),
-        false,
-    )
 }
 
 // ------------------------------------------------------------------------------ normals
@@ -76,7 +33,7 @@ pub(crate) fn normals_fwd(
     l: &Layout,
     topo: &NormalsTopology,
 ) -> Result<CudaStorage> {
-    let dev = s.device();
+    let dev = &s.device;
     let v = view::<f32>(s, l, "normals")?;
     let (gt, lt) = topo.triangles.storage_and_layout();
     let (go, lo) = topo.offsets.storage_and_layout();
@@ -103,7 +60,7 @@ pub(crate) fn normals_bwd(
     let (gs, ls) = vertices.storage_and_layout();
     let (gg, lg) = grad.storage_and_layout();
     let s = cuda_of(&gs, "normals backward")?;
-    let dev = s.device();
+    let dev = &s.device;
     let v = view::<f32>(s, ls, "normals backward")?;
     let g = view::<f32>(cuda_of(&gg, "normals backward")?, lg, "normals backward")?;
     let (gt, lt) = topo.triangles.storage_and_layout();
@@ -137,7 +94,7 @@ pub(crate) fn shade_fwd(
     s3: &CudaStorage,
     l3: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = s1.device();
+    let dev = &s1.device;
     let (n, r, g) = (view::<f32>(s1, l1, "shade")?, view::<f32>(s2, l2, "shade")?, view::<f32>(s3, l3, "shade")?);
     let total = p.batch as usize * p.num_vertices as usize;
     let out = dev.alloc_zeros::<f32>(total * 3)?;
@@ -161,7 +118,7 @@ pub(crate) fn shade_bwd(
     let (g3, l3) = gamma.storage_and_layout();
     let (g4, l4) = grad.storage_and_layout();
     let s1 = cuda_of(&g1, "shade backward")?;
-    let dev = s1.device();
+    let dev = &s1.device;
     let n = view::<f32>(s1, l1, "shade backward")?;
     let r = view::<f32>(cuda_of(&g2, "shade backward")?, l2, "shade backward")?;
     let gm = view::<f32>(cuda_of(&g3, "shade backward")?, l3, "shade backward")?;
@@ -188,7 +145,7 @@ pub(crate) fn shade_bwd(
 
 pub(crate) fn sample_fwd(p: &SampleParams, s: &CudaStorage, l: &Layout, image: &Tensor) -> Result<CudaStorage> {
     check_f32(image, "sample")?;
-    let dev = s.device();
+    let dev = &s.device;
     let v = view::<f32>(s, l, "sample")?;
     let (gi, li) = image.storage_and_layout();
     let img = view::<f32>(cuda_of(&gi, "sample")?, li, "sample")?;
@@ -207,7 +164,7 @@ pub(crate) fn sample_bwd(p: &SampleParams, vertices: &Tensor, image: &Tensor, gr
     let (g2, l2) = image.storage_and_layout();
     let (g3, l3) = grad.storage_and_layout();
     let s1 = cuda_of(&g1, "sample backward")?;
-    let dev = s1.device();
+    let dev = &s1.device;
     let v = view::<f32>(s1, l1, "sample backward")?;
     let img = view::<f32>(cuda_of(&g2, "sample backward")?, l2, "sample backward")?;
     let g = view::<f32>(cuda_of(&g3, "sample backward")?, l3, "sample backward")?;
@@ -254,7 +211,7 @@ pub(crate) fn photo_fwd(
     s3: &CudaStorage,
     l3: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = s1.device();
+    let dev = &s1.device;
     let (a, c, m) = (view::<f32>(s1, l1, "photo")?, view::<f32>(s2, l2, "photo")?, view::<f32>(s3, l3, "photo")?);
     let (loss, _) = photo_sums(p, dev, &a, &c, &m)?;
     Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
@@ -273,7 +230,7 @@ pub(crate) fn photo_bwd(
     let (g3, l3) = mask.storage_and_layout();
     let (g4, l4) = grad.storage_and_layout();
     let s1 = cuda_of(&g1, "photo backward")?;
-    let dev = s1.device();
+    let dev = &s1.device;
     let a = view::<f32>(s1, l1, "photo backward")?;
     let c = view::<f32>(cuda_of(&g2, "photo backward")?, l2, "photo backward")?;
     let m = view::<f32>(cuda_of(&g3, "photo backward")?, l3, "photo backward")?;

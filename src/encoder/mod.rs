@@ -8,7 +8,11 @@
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Tensor, Var};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
+use candle_nn::{Linear, VarBuilder, VarMap};
+
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod im2col;
 use serde::{Deserialize, Serialize};
 
 /// One convolution: `[out_channels, kernel, stride, padding, max-pool 3x3/2 after it (0/1)]`.
@@ -63,10 +67,20 @@ impl EncoderConfig {
     }
 }
 
+/// One convolution layer: weights `[O, C, k, k]`, bias `[O]`, stride, padding, pool after.
+#[derive(Clone, Debug)]
+struct ConvLayer {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    pad: usize,
+    pool: bool,
+}
+
 /// The encoder network.
 #[derive(Clone, Debug)]
 pub struct Encoder {
-    convs: Vec<(Conv2d, bool)>,
+    convs: Vec<ConvLayer>,
     fcs: Vec<Linear>,
     head: Linear,
     pub config: EncoderConfig,
@@ -136,8 +150,10 @@ impl Encoder {
         let mut convs = Vec::new();
         let mut in_c = 3;
         for (i, &[out, k, stride, pad, pool]) in config.conv.iter().enumerate() {
-            let cfg = Conv2dConfig { padding: pad, stride, dilation: 1, groups: 1, cudnn_fwd_algo: None };
-            convs.push((candle_nn::conv2d(in_c, out, k, cfg, vb.pp(format!("conv{}", i + 1)))?, pool == 1));
+            let vb = vb.pp(format!("conv{}", i + 1));
+            let weight = vb.get((out, in_c, k, k), "weight")?;
+            let bias = vb.get(out, "bias")?;
+            convs.push(ConvLayer { weight, bias, stride, pad, pool: pool == 1 });
             in_c = out;
         }
         let mut fcs = Vec::new();
@@ -160,15 +176,16 @@ impl Encoder {
             &[_, 3, h, w] if h == s && w == s => {}
             d => return Err(Error::invalid(format!("encoder input has shape {d:?}, expected [B, 3, {s}, {s}]"))),
         }
-        // Centre the input around 0 (the crops are in [0, 1]).
-        let mut x = images.affine(2.0, -1.0)?;
-        for (conv, pool) in &self.convs {
-            x = conv.forward(&x)?.relu()?;
-            if *pool {
+        // Centre the input around 0 (the crops are in [0, 1]); convolutions run channel-major
+        // ([C, B, H, W], see im2col.rs).
+        let mut x = images.affine(2.0, -1.0)?.permute((1, 0, 2, 3))?.contiguous()?;
+        for l in &self.convs {
+            x = im2col::conv2d_cbhw(&x, &l.weight, &l.bias, l.stride, l.pad)?.relu()?;
+            if l.pool {
                 x = max_pool_3x3_s2(&x)?;
             }
         }
-        let mut x = x.flatten_from(1)?;
+        let mut x = x.permute((1, 0, 2, 3))?.contiguous()?.flatten_from(1)?;
         for fc in &self.fcs {
             x = fc.forward(&x)?.relu()?;
         }
@@ -182,7 +199,7 @@ impl Encoder {
 /// `y[i] = max(x[2i], x[2i+1], x[2i+2])` = max(pairwise max of (x[2i], x[2i+1]), x[2i+2]).
 ///
 /// # Shapes
-/// `[B, C, H, W]` -> `[B, C, (H - 1) / 2, (W - 1) / 2]`.
+/// `[.., H, W]` -> `[.., (H - 1) / 2, (W - 1) / 2]`.
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
     let x = pool_axis(x, 3)?;
     pool_axis(&x, 2)

@@ -1,0 +1,59 @@
+//! Shared plumbing of our custom candle ops (render layer and encoder): CPU data access and
+//! output tensors, and (feature `cuda`) module loading and launch helpers for `kernels/*.cu`.
+
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+
+use candle_core::{CpuStorage, DType, Device, Layout, Shape, Storage, Tensor, WithDType};
+
+/// Scalar type of the CPU twins.
+pub trait Real: WithDType + num_traits::Float {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// Vertex-block size for rayon work items: large enough to amortise scheduling, small enough to
+/// balance 30k-vertex meshes across cores.
+pub(crate) const CPU_BLOCK: usize = 512;
+
+/// The contiguous data of a CPU storage as a slice of `T`.
+pub(crate) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Run `f` on the contiguous CPU data of `t`.
+pub(crate) fn with_cpu<T: WithDType, R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(cs) => f(cpu_slice::<T>(cs, l, what)?),
+        _ => candle_core::bail!("{what}: expected a CPU tensor"),
+    }
+}
+
+/// A tensor from a CPU vector.
+pub(crate) fn cpu_tensor<T: WithDType>(v: Vec<T>, shape: impl Into<Shape>) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+/// Check a tensor's dtype is f32 or f64 and return it.
+pub(crate) fn float_dtype(t: &Tensor, what: &str) -> candle_core::Result<DType> {
+    match t.dtype() {
+        DType::F32 | DType::F64 => Ok(t.dtype()),
+        d => candle_core::bail!("{what}: expected f32 or f64, got {d:?}"),
+    }
+}
+
+/// Check `[B, N, 3]` and return (B, N).
+pub(crate) fn dims_bn3(t: &Tensor, what: &str) -> candle_core::Result<(usize, usize)> {
+    match t.dims() {
+        &[b, n, 3] => Ok((b, n)),
+        d => candle_core::bail!("{what}: expected shape [B, N, 3], got {d:?}"),
+    }
+}
