@@ -26,6 +26,117 @@ pub enum Command {
     Train(TrainArgs),
     /// Jointly learn the encoder and the corrective bases, starting from a pretraining run.
     Finetune(FinetuneArgs),
+    /// Reconstruct faces: images, folders or .txt lists in; meshes (+ parameters, overlays) out.
+    Reconstruct(ReconstructArgs),
+    /// Write a weights-only copy of a run (config + checkpoint without optimiser state).
+    Export(ExportArgs),
+}
+
+/// `fml reconstruct INPUT... -o OUT`.
+#[derive(Args, Debug)]
+pub struct ReconstructArgs {
+    /// Images, folders (searched recursively) or .txt lists (one image path per line, relative to
+    /// the list). An image's sibling x.pts / x.land, if present, gives the crop.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// One image: the mesh file (.obj or .ply). Several inputs, a folder or a list: a directory
+    /// receiving NAME.obj (+ NAME.json, NAME.overlay.png) per image.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Trained run (directory or checkpoint file) [default: the built-in model, $FML_DEFAULT_MODEL].
+    #[arg(long, value_name = "RUN")]
+    pub checkpoint: Option<PathBuf>,
+    /// Model level to output [default: final if the checkpoint has correctives, else base].
+    #[arg(long, value_enum)]
+    pub level: Option<fml::infer::Level>,
+    /// The crop as x,y,w,h in source pixels (made square about its centre); for every image.
+    #[arg(long, value_name = "X,Y,W,H", value_parser = parse_bbox, conflicts_with_all = ["landmarks", "whole"])]
+    pub bbox: Option<[f32; 4]>,
+    /// Landmark file (.pts / .land) of the one input image: the crop `fml prepare` makes.
+    #[arg(long, value_name = "FILE", conflicts_with = "whole")]
+    pub landmarks: Option<PathBuf>,
+    /// Take every image as a ready face crop (ignore sibling landmark files).
+    #[arg(long)]
+    pub whole: bool,
+    /// Crop side as a multiple of the landmark box (as in `fml prepare`).
+    #[arg(long, default_value_t = 1.3)]
+    pub margin: f32,
+    /// Vertex colours shaded by the predicted light instead of the reflectance.
+    #[arg(long)]
+    pub shaded: bool,
+    /// Write every regressed parameter as JSON: to P.json for one image (default: beside the
+    /// mesh), as NAME.json beside each mesh otherwise.
+    #[arg(long, value_name = "P.json", num_args = 0..=1)]
+    pub params: Option<Option<PathBuf>>,
+    /// Draw the reconstruction over the input image: to O.png for one image (default: beside the
+    /// mesh as NAME.overlay.png), as NAME.overlay.png beside each mesh otherwise.
+    #[arg(long, value_name = "O.png", num_args = 0..=1)]
+    pub overlay: Option<Option<PathBuf>>,
+    /// Opacity of the reconstruction in the overlay.
+    #[arg(long, default_value_t = 0.6)]
+    pub overlay_alpha: f32,
+    /// Images per network batch.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Frame of the mesh vertices: model (the unposed face) or camera (R v + t).
+    #[arg(long, value_enum, default_value_t = fml::infer::Frame::Model)]
+    pub frame: fml::infer::Frame,
+    /// Mesh format when writing into a directory.
+    #[arg(long, value_enum, default_value_t = fml::infer::MeshFormat::Obj)]
+    pub mesh_format: fml::infer::MeshFormat,
+    /// No progress output.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn parse_bbox(s: &str) -> Result<[f32; 4], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>().map_err(|_| format!("{x:?} is not a number (expected x,y,w,h)")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [x, y, w, h] if v.iter().all(|a| a.is_finite()) && w > 0.0 && h > 0.0 => Ok([x, y, w, h]),
+        [_, _, _, _] => Err("need finite x,y and positive w,h".into()),
+        _ => Err(format!("{} numbers given, expected 4: x,y,w,h", v.len())),
+    }
+}
+
+impl ReconstructArgs {
+    fn request(&self) -> fml::infer::Request {
+        use fml::infer::{CropChoice, Extra};
+        let extra = |x: &Option<Option<PathBuf>>| match x {
+            None => Extra::Off,
+            Some(None) => Extra::Beside,
+            Some(Some(p)) => Extra::At(p.clone()),
+        };
+        let crop = match (&self.bbox, &self.landmarks, self.whole) {
+            (Some(b), _, _) => CropChoice::BBox(*b),
+            (_, Some(l), _) => CropChoice::Landmarks(l.clone()),
+            (_, _, true) => CropChoice::Whole,
+            _ => CropChoice::Auto,
+        };
+        fml::infer::Request {
+            inputs: self.inputs.clone(),
+            output: self.output.clone(),
+            params: extra(&self.params),
+            overlay: extra(&self.overlay),
+            mesh_format: self.mesh_format,
+            crop,
+        }
+    }
+}
+
+/// `fml export RUN -o DIR`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The run directory or its checkpoint file.
+    pub run: PathBuf,
+    /// Output directory (config.toml + checkpoint.safetensors, and the face model file if any).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
 }
 
 /// Options shared by `fml train` and `fml finetune`.
@@ -424,6 +535,47 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prepare(args) => run_prepare(args),
         Command::Train(a) => run_training(a.run.options(fml::train::Stage::Pretrain)?),
         Command::Finetune(a) => run_training(a.run.options(fml::train::Stage::Finetune { from: a.from.clone() })?),
+        Command::Reconstruct(a) => run_reconstruct(a),
+        Command::Export(a) => {
+            let ckpt = fml::infer::export(&a.run, &a.output)?;
+            println!("wrote {} (weights only) and its config.toml", ckpt.display());
+            Ok(())
+        }
+    }
+}
+
+fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
+    use fml::infer::{Extra, OverlayConfig, ReconstructOptions, Reconstructor};
+    let req = a.request();
+    let plan = fml::infer::batch::plan(&req)?;
+    let device = fml::train::select_device(&a.device)?;
+    let trained = fml::infer::load_run(&fml::infer::resolve_run(a.checkpoint.as_deref())?, &device)?;
+    let opts = ReconstructOptions {
+        level: a.level,
+        shaded: a.shaded,
+        frame: a.frame,
+        overlay: (req.overlay != Extra::Off).then(|| OverlayConfig { alpha: a.overlay_alpha, ..Default::default() }),
+        crop: fml::data::crop::CropConfig { margin: a.margin, ..Default::default() },
+    };
+    let rec = Reconstructor::new(trained, opts)?;
+    let single = plan.single.then(|| plan.items.first().cloned()).flatten();
+    let report = fml::infer::batch::run(&rec, plan, a.batch as usize, !a.quiet);
+    if let Some(item) = single {
+        if let Some(f) = report.failures.first() {
+            anyhow::bail!("{}", f.error);
+        }
+        for p in [Some(&item.mesh), item.params.as_ref(), item.overlay.as_ref()].into_iter().flatten() {
+            println!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
+    if report.failures.is_empty() {
+        println!("{report}");
+        println!("outputs in {}", req.output.display());
+        Ok(())
+    } else {
+        eprintln!("{report}");
+        anyhow::bail!("{} of {} inputs failed", report.failures.len(), report.total)
     }
 }
 

@@ -1,4 +1,18 @@
 //! Inference: loading a trained run (or the built-in default model) and reconstructing faces.
+//!
+//! [`load_run`] gives a [`Trained`] network; [`reconstruct::Reconstructor`] runs it on images
+//! ([`overlay`] draws the result over them, [`record`] describes it as JSON); [`batch`] is
+//! `fml reconstruct` over folders and lists; [`export`] writes a weights-only copy of a run.
+
+pub mod batch;
+pub mod overlay;
+pub mod reconstruct;
+pub mod record;
+
+pub use batch::{CropChoice, Extra, MeshFormat, Plan, Report, Request};
+pub use overlay::{OverlayConfig, SourceCamera};
+pub use reconstruct::{CropSpec, Frame, InputImage, Level, ReconstructOptions, Reconstruction, Reconstructor};
+pub use record::ParamRecord;
 
 use crate::checkpoint;
 use crate::config::Config;
@@ -31,16 +45,42 @@ pub fn default_run() -> PathBuf {
     }
 }
 
+/// The run to use: `checkpoint` when given, else the built-in default ([`default_run`]), with
+/// an error telling how to get one when the default is missing.
+pub fn resolve_run(checkpoint: Option<&Path>) -> Result<PathBuf> {
+    if let Some(c) = checkpoint {
+        return Ok(c.to_path_buf());
+    }
+    let run = default_run();
+    if !run.join(checkpoint::FILE).is_file() {
+        return Err(Error::invalid(format!(
+            "no --checkpoint given and the built-in default model is missing ({} has no {}). Pass \
+             --checkpoint RUN (a run directory of `fml train` / `fml finetune` / `fml export`, or its \
+             checkpoint file), set {DEFAULT_MODEL_ENV} to such a directory, or train one, e.g. \
+             `fml synth --count 600 --size 64 -o data/tiny-synth && fml prepare data/tiny-synth --size 64 -o \
+             data/tiny.fmlds && fml train -c configs/tiny.toml -o runs/tiny && fml export runs/tiny -o data/default`",
+            run.display(),
+            checkpoint::FILE
+        )));
+    }
+    Ok(run)
+}
+
+/// A run argument as (run directory, checkpoint file).
+fn run_paths(run: &Path) -> (PathBuf, PathBuf) {
+    if run.is_dir() {
+        (run.to_path_buf(), run.join(checkpoint::FILE))
+    } else {
+        (run.parent().map(Path::to_path_buf).unwrap_or_default(), run.to_path_buf())
+    }
+}
+
 /// Load a run: a directory holding `config.toml` and `checkpoint.safetensors` (as written by
 /// `fml train` / `fml finetune` / `fml export`), or the checkpoint file itself next to its
 /// `config.toml`. The face model is the config's (`model.path`: "demo", or a file path, taken
 /// relative to the working directory, then to the run directory).
 pub fn load_run(run: &Path, device: &Device) -> Result<Trained> {
-    let (dir, ckpt) = if run.is_dir() {
-        (run.to_path_buf(), run.join(checkpoint::FILE))
-    } else {
-        (run.parent().map(Path::to_path_buf).unwrap_or_default(), run.to_path_buf())
-    };
+    let (dir, ckpt) = run_paths(run);
     if !ckpt.exists() {
         return Err(Error::invalid(format!("{}: no checkpoint ({} missing)", run.display(), ckpt.display())));
     }
@@ -81,13 +121,41 @@ pub fn load_run(run: &Path, device: &Device) -> Result<Trained> {
 }
 
 /// Write a weights-only copy of a run (config + checkpoint without optimiser state) to `out`:
-/// what a shipped model needs.
-pub fn export(run: &Path, out: &Path) -> Result<()> {
+/// what a shipped model needs. `run` is a run directory or its checkpoint file.
+///
+/// A face model given as a file (not "demo") is copied into `out` and the config points to it
+/// by file name (resolved beside the run by [`load_run`]), so the copy is self-contained.
+/// Returns the written checkpoint's path.
+pub fn export(run: &Path, out: &Path) -> Result<PathBuf> {
+    let (_, ckpt_path) = run_paths(run);
     let t = load_run(run, &Device::Cpu)?;
-    let ck = checkpoint::load(&run.join(checkpoint::FILE), &Device::Cpu)?;
+    let target = out.join(checkpoint::FILE);
+    if let (Ok(a), Ok(b)) = (ckpt_path.canonicalize(), target.canonicalize()) {
+        if a == b {
+            return Err(Error::invalid(format!(
+                "{}: exporting a run onto itself would drop its optimiser state; choose another -o",
+                out.display()
+            )));
+        }
+    }
+    let ck = checkpoint::load(&ckpt_path, &Device::Cpu)?;
     let varmap = VarMap::new();
     checkpoint::restore_vars(&ck, &varmap, &[encoder::PREFIX, "correctives."])?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    crate::io::write_atomic_bytes(out.join("config.toml"), t.config.to_toml().as_bytes())?;
-    checkpoint::save(&out.join(checkpoint::FILE), &varmap, &[], &t.meta)
+    let mut config = t.config.clone();
+    if config.model.path != "demo" {
+        let src = PathBuf::from(&config.model.path);
+        let name = src
+            .file_name()
+            .ok_or_else(|| Error::invalid(format!("model.path {:?} names no file", config.model.path)))?;
+        let dst = out.join(name);
+        if src.canonicalize().ok() != dst.canonicalize().ok() {
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            crate::io::write_atomic_bytes(&dst, &bytes)?;
+        }
+        config.model.path = name.to_string_lossy().into_owned();
+    }
+    crate::io::write_atomic_bytes(out.join("config.toml"), config.to_toml().as_bytes())?;
+    checkpoint::save(&target, &varmap, &[], &t.meta)?;
+    Ok(target)
 }

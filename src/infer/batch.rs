@@ -1,0 +1,466 @@
+//! `fml reconstruct` as a library call: turning the command line's inputs (images, folders,
+//! `.txt` lists) into a plan of inputs and output paths, running it in batches with a progress
+//! display, writing every output atomically, and collecting failures without stopping.
+//!
+//! Choices (the task leaves them open):
+//! - Folders are searched recursively (hidden entries skipped, sorted by path); an image's
+//!   output name is its path relative to the folder without the extension, so `a/x.png` and
+//!   `b/x.png` do not collide and the output tree mirrors the input tree.
+//! - A `.txt` list holds one image path per line, relative to the list's folder; blank lines and
+//!   lines starting with `#` are skipped. Its outputs are named by file stem.
+//! - Names that still collide (two `x.png` given by path or in a list) get `-2`, `-3`, ...
+//! - Crops, unless `--bbox` / `--landmarks` / `--whole` decide: a sibling `x.pts` (else `x.land`)
+//!   next to `x.png` gives the landmark crop; without one the image is taken as a ready crop.
+//!   This applies to single images, folders and lists alike, so one image behaves the same
+//!   alone or in a folder.
+
+use super::reconstruct::{CropSpec, InputImage, Reconstruction, Reconstructor, sibling_landmarks};
+use crate::data::prepare::IMAGE_EXTENSIONS;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Mesh file format of folder outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeshFormat {
+    Obj,
+    Ply,
+}
+
+impl MeshFormat {
+    fn extension(self) -> &'static str {
+        match self {
+            MeshFormat::Obj => "obj",
+            MeshFormat::Ply => "ply",
+        }
+    }
+}
+
+/// How every input is cropped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CropChoice {
+    /// Sibling landmark file if there is one, else the whole image (module docs).
+    Auto,
+    /// Every image is a ready face crop.
+    Whole,
+    /// The same `[x, y, w, h]` crop box for every image.
+    BBox([f32; 4]),
+    /// One landmark file (only with a single input image).
+    Landmarks(PathBuf),
+}
+
+/// An optional output: off, on (path derived from the mesh path), or at a given path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Extra {
+    Off,
+    Beside,
+    At(PathBuf),
+}
+
+/// What `fml reconstruct` was asked.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Images, folders and `.txt` lists.
+    pub inputs: Vec<PathBuf>,
+    /// A mesh path (.obj / .ply) for one image, else a directory.
+    pub output: PathBuf,
+    pub params: Extra,
+    pub overlay: Extra,
+    /// Format of meshes written into a directory.
+    pub mesh_format: MeshFormat,
+    pub crop: CropChoice,
+}
+
+/// One input and its output paths.
+#[derive(Clone, Debug)]
+pub struct PlanItem {
+    /// Short name for messages (the output name).
+    pub name: String,
+    pub input: InputImage,
+    pub mesh: PathBuf,
+    pub params: Option<PathBuf>,
+    pub overlay: Option<PathBuf>,
+}
+
+/// An input that produced no output, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub input: String,
+    pub error: String,
+}
+
+/// The work of a request plus the inputs that failed before any work (a missing path, an
+/// unreadable list file).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub items: Vec<PlanItem>,
+    pub failures: Vec<Failure>,
+    /// True when the output is one mesh file rather than a directory.
+    pub single: bool,
+}
+
+/// Outcome of [`run`].
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Inputs seen (planned plus failed while planning).
+    pub total: usize,
+    /// Inputs whose outputs were all written.
+    pub written: usize,
+    pub failures: Vec<Failure>,
+    pub seconds: f64,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reconstructed {} of {} inputs in {:.1} s", self.written, self.total, self.seconds)?;
+        if !self.failures.is_empty() {
+            write!(f, "; {} failed:", self.failures.len())?;
+            for x in &self.failures {
+                write!(f, "\n  {}: {}", x.input, x.error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_image(p: &Path) -> bool {
+    let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    IMAGE_EXTENSIONS.contains(&ext.as_str())
+}
+
+fn is_list(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+}
+
+/// Image files under `dir`, recursively, sorted; hidden entries skipped. Unreadable folders are
+/// failures.
+fn scan(dir: &Path, failures: &mut Vec<Failure>) -> Vec<PathBuf> {
+    // Bounds the descent through symlinked folders that point back up.
+    const MAX_DEPTH: usize = 32;
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) => {
+                failures.push(Failure { input: d.display().to_string(), error: e.to_string() });
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let p = entry.path();
+            if p.is_dir() {
+                if depth < MAX_DEPTH {
+                    stack.push((p, depth + 1));
+                }
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Image paths of a `.txt` list, resolved against the list's folder.
+fn read_list(list: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(list).map_err(|e| Error::io(list, e))?;
+    let base = list.parent().unwrap_or(Path::new(""));
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| base.join(l)).collect())
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into())
+}
+
+/// `dir/x/y.png` under `dir` -> "x/y".
+fn relative_name(dir: &Path, p: &Path) -> String {
+    let rel = p.strip_prefix(dir).unwrap_or(p).with_extension("");
+    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/")
+}
+
+/// Turn a request into a plan. Errors only for a request that cannot mean anything (a value
+/// given to --params with several inputs, a mesh path with an unknown extension, ...); bad
+/// inputs become failures.
+pub fn plan(req: &Request) -> Result<Plan> {
+    if req.inputs.is_empty() {
+        return Err(Error::invalid("no input images"));
+    }
+    let one_image = req.inputs.len() == 1 && !req.inputs[0].is_dir() && !is_list(&req.inputs[0]);
+    let out_is_dir = req.output.is_dir() || req.output.as_os_str().to_string_lossy().ends_with('/');
+    let single = one_image && !out_is_dir;
+
+    // Gather (name, image path) in input order.
+    let mut failures = Vec::new();
+    let mut images: Vec<(String, PathBuf)> = Vec::new();
+    for input in &req.inputs {
+        if input.is_dir() {
+            let found = scan(input, &mut failures);
+            if found.is_empty() {
+                failures.push(Failure { input: input.display().to_string(), error: "no images in this folder".into() });
+            }
+            images.extend(found.into_iter().map(|p| (relative_name(input, &p), p)));
+        } else if is_list(input) {
+            match read_list(input) {
+                Ok(list) => images.extend(list.into_iter().map(|p| (stem(&p), p))),
+                Err(e) => failures.push(Failure { input: input.display().to_string(), error: e.to_string() }),
+            }
+        } else {
+            // Missing or unreadable files fail when they are read, with the decoder's message.
+            images.push((stem(input), input.clone()));
+        }
+    }
+    if let CropChoice::Landmarks(l) = &req.crop {
+        if images.len() != 1 {
+            return Err(Error::invalid(format!(
+                "--landmarks {} names one landmark file but there are {} images; for several images put \
+                 x.pts beside each x.png",
+                l.display(),
+                images.len()
+            )));
+        }
+    }
+    let crop_for = |img: &Path| match &req.crop {
+        CropChoice::Whole => CropSpec::Whole,
+        CropChoice::BBox(b) => CropSpec::BBox(*b),
+        CropChoice::Landmarks(l) => CropSpec::Landmarks(l.clone()),
+        CropChoice::Auto => sibling_landmarks(img).map_or(CropSpec::Whole, CropSpec::Landmarks),
+    };
+
+    let mut items = Vec::new();
+    if single {
+        let ext = req.output.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        if ext != "obj" && ext != "ply" {
+            return Err(Error::invalid(format!(
+                "{}: the mesh is written as OBJ or PLY by extension (.obj, .ply); for a directory of outputs end \
+                 the path with /",
+                req.output.display()
+            )));
+        }
+        let beside = |suffix: &str| req.output.with_file_name(format!("{}{suffix}", stem(&req.output)));
+        let extra = |x: &Extra, suffix: &str| match x {
+            Extra::Off => None,
+            Extra::Beside => Some(beside(suffix)),
+            Extra::At(p) => Some(p.clone()),
+        };
+        if let Some((name, img)) = images.pop() {
+            items.push(PlanItem {
+                name,
+                input: InputImage::file(&img, crop_for(&img)),
+                mesh: req.output.clone(),
+                params: extra(&req.params, ".json"),
+                overlay: extra(&req.overlay, ".overlay.png"),
+            });
+        }
+    } else {
+        for (flag, x) in [("--params", &req.params), ("--overlay", &req.overlay)] {
+            if let Extra::At(p) = x {
+                return Err(Error::invalid(format!(
+                    "with several inputs or an output directory, {flag} is a flag (it writes one file beside each \
+                     mesh); drop the value {}",
+                    p.display()
+                )));
+            }
+        }
+        let mut taken = HashSet::new();
+        for (name, img) in images {
+            let mut unique = name.clone();
+            let mut k = 1;
+            while !taken.insert(unique.clone()) {
+                k += 1;
+                unique = format!("{name}-{k}");
+            }
+            let base = req.output.join(&unique);
+            let with = |suffix: &str| {
+                let mut s = base.clone().into_os_string();
+                s.push(suffix);
+                PathBuf::from(s)
+            };
+            items.push(PlanItem {
+                input: InputImage::file(&img, crop_for(&img)),
+                mesh: with(&format!(".{}", req.mesh_format.extension())),
+                params: (req.params != Extra::Off).then(|| with(".json")),
+                overlay: (req.overlay != Extra::Off).then(|| with(".overlay.png")),
+                name: unique,
+            });
+        }
+    }
+    Ok(Plan { items, failures, single })
+}
+
+/// Encode `img` by the extension of `path` (PNG, JPEG or BMP) and write it atomically.
+pub fn save_image(img: &image::RgbImage, path: &Path) -> Result<()> {
+    let format = image::ImageFormat::from_path(path)
+        .ok()
+        .filter(|f| matches!(f, image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::Bmp))
+        .ok_or_else(|| Error::invalid(format!("{}: write images as .png, .jpg or .bmp", path.display())))?;
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .map_err(|e| Error::invalid(format!("{}: encoding the image: {e}", path.display())))?;
+    crate::io::write_atomic_bytes(path, &bytes)
+}
+
+/// Write the mesh, and the parameter record and overlay where planned.
+pub fn write_outputs(r: &Reconstruction, item: &PlanItem) -> Result<()> {
+    r.mesh().save(&item.mesh)?;
+    if let Some(p) = &item.params {
+        let json = serde_json::to_string_pretty(&r.params).expect("the record serialises");
+        crate::io::write_atomic_bytes(p, json.as_bytes())?;
+    }
+    if let (Some(p), Some(img)) = (&item.overlay, &r.overlay) {
+        save_image(img, p)?;
+    }
+    Ok(())
+}
+
+/// Progress on stderr: a bar on a terminal, a line per batch otherwise, nothing when off.
+enum Progress {
+    Off,
+    Bar(indicatif::ProgressBar),
+    /// Plain lines (stderr not a terminal): about every 5%, so long runs log ~20 lines.
+    Lines {
+        total: usize,
+        last: std::cell::Cell<usize>,
+    },
+}
+
+impl Progress {
+    fn new(total: usize, show: bool) -> Self {
+        if !show {
+            return Progress::Off;
+        }
+        if std::io::stderr().is_terminal() {
+            let bar =
+                indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::stderr());
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("reconstruct [{bar:40}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines { total, last: std::cell::Cell::new(0) }
+        }
+    }
+
+    fn update(&self, done: usize, failed: usize) {
+        match self {
+            Progress::Off => {}
+            Progress::Bar(b) => {
+                b.set_position(done as u64);
+                if failed > 0 {
+                    b.set_message(format!("{failed} failed"));
+                }
+            }
+            Progress::Lines { total, last } => {
+                let step = (*total / 20).max(1);
+                if done / step > last.get() / step || done == *total {
+                    last.set(done);
+                    eprintln!("reconstruct: {done}/{total} done, {failed} failed");
+                }
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Progress::Bar(b) = self {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Run a plan in batches of `batch` images: reconstruct, write, and collect failures (planning
+/// failures included) without stopping.
+pub fn run(rec: &Reconstructor, plan: Plan, batch: usize, progress: bool) -> Report {
+    let start = Instant::now();
+    let total = plan.items.len() + plan.failures.len();
+    let mut failures = plan.failures;
+    let mut written = 0;
+    let bar = Progress::new(plan.items.len(), progress);
+    let mut done = 0;
+    for chunk in plan.items.chunks(batch.max(1)) {
+        let inputs: Vec<InputImage> = chunk.iter().map(|i| i.input.clone()).collect();
+        let results = rec.reconstruct_batch(&inputs);
+        let outcomes: Vec<Result<()>> =
+            results.into_par_iter().zip(chunk).map(|(r, item)| write_outputs(&r?, item)).collect();
+        for (o, item) in outcomes.into_iter().zip(chunk) {
+            match o {
+                Ok(()) => written += 1,
+                Err(e) => failures.push(Failure { input: item.input.name(), error: e.to_string() }),
+            }
+        }
+        done += chunk.len();
+        bar.update(done, failures.len());
+    }
+    bar.finish();
+    Report { total, written, failures, seconds: start.elapsed().as_secs_f64() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(inputs: Vec<PathBuf>, output: PathBuf) -> Request {
+        Request {
+            inputs,
+            output,
+            params: Extra::Off,
+            overlay: Extra::Off,
+            mesh_format: MeshFormat::Obj,
+            crop: CropChoice::Auto,
+        }
+    }
+
+    #[test]
+    fn plans_single_folder_and_list_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("faces/sub")).unwrap();
+        for f in ["faces/a.png", "faces/sub/b.jpg", "faces/.hidden.png", "faces/notes.md", "faces/a.pts"] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        std::fs::write(d.join("list.txt"), "# comment\nfaces/a.png\n\n other/a.png \n").unwrap();
+
+        // One image: OUT is the mesh; extras beside it; the sibling .pts gives the crop.
+        let mut r = req(vec![d.join("faces/a.png")], d.join("out/m.ply"));
+        r.params = Extra::Beside;
+        r.overlay = Extra::At(d.join("o.png"));
+        let p = plan(&r).unwrap();
+        assert!(p.single);
+        assert_eq!(p.items[0].params.as_deref(), Some(d.join("out/m.json").as_path()));
+        assert_eq!(p.items[0].overlay.as_deref(), Some(d.join("o.png").as_path()));
+        assert_eq!(p.items[0].input.crop, CropSpec::Landmarks(d.join("faces/a.pts")));
+        r.output = d.join("out/m.stl");
+        assert!(plan(&r).unwrap_err().to_string().contains(".obj"));
+
+        // A folder and a list: a directory of outputs, names deduplicated.
+        let mut r = req(vec![d.join("faces"), d.join("list.txt")], d.join("out"));
+        r.params = Extra::Beside;
+        r.mesh_format = MeshFormat::Ply;
+        let p = plan(&r).unwrap();
+        assert!(!p.single);
+        let names: Vec<&str> = p.items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["a", "sub/b", "a-2", "a-3"]);
+        assert_eq!(p.items[1].mesh, d.join("out/sub/b.ply"));
+        assert_eq!(p.items[1].params.as_deref(), Some(d.join("out/sub/b.json").as_path()));
+        assert_eq!(p.items[1].input.crop, CropSpec::Whole);
+        assert_eq!(p.items[3].input.name(), d.join("other/a.png").display().to_string());
+        r.overlay = Extra::At(d.join("x.png"));
+        assert!(plan(&r).unwrap_err().to_string().contains("--overlay is a flag"));
+        r.overlay = Extra::Off;
+        r.crop = CropChoice::Landmarks(d.join("faces/a.pts"));
+        assert!(plan(&r).unwrap_err().to_string().contains("--landmarks"));
+
+        // Empty folders and unreadable lists are failures, not errors.
+        std::fs::create_dir_all(d.join("empty")).unwrap();
+        let p = plan(&req(vec![d.join("empty"), d.join("nope.txt")], d.join("out"))).unwrap();
+        assert_eq!((p.items.len(), p.failures.len()), (0, 2));
+    }
+}
