@@ -1,5 +1,7 @@
 //! Inference: loading a trained run (or the built-in default model) and reconstructing faces.
 
+pub mod eval;
+
 use crate::checkpoint;
 use crate::config::Config;
 use crate::encoder;
