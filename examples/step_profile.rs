@@ -10,8 +10,13 @@ fn main() {
     let vm = candle_nn::VarMap::new();
     let net = fml::network::FaceNet::new(&model, &cfg, false, fml::render::Backend::Fast, &vm, &dev).unwrap();
     let obj = fml::loss::Objective::new(&net, &cfg.loss, 1).unwrap();
-    let loader = fml::data::loader::Loader::new(&cfg.data.dataset, fml::data::loader::LoaderConfig { batch_size: cfg.train.batch, ..Default::default() }).unwrap();
-    let vars: Vec<(String, candle_core::Var, f64)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone(), 1.0)).collect();
+    let loader = fml::data::loader::Loader::new(
+        &cfg.data.dataset,
+        fml::data::loader::LoaderConfig { batch_size: cfg.train.batch, ..Default::default() },
+    )
+    .unwrap();
+    let vars: Vec<(String, candle_core::Var, f64)> =
+        vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone(), 1.0)).collect();
     let mut opt = fml::train::adadelta::AdaDelta::with_groups(vars, 0.95, 1e-6).unwrap();
     let mut t = [0f64; 6];
     let n = 30;
@@ -38,12 +43,21 @@ fn main() {
         }
     }
     // Encoder alone.
-    let x = candle_core::Tensor::rand(0f32, 1f32, (cfg.train.batch, 3, cfg.encoder.input_size, cfg.encoder.input_size), &dev).unwrap();
+    let x = candle_core::Tensor::rand(
+        0f32,
+        1f32,
+        (cfg.train.batch, 3, cfg.encoder.input_size, cfg.encoder.input_size),
+        &dev,
+    )
+    .unwrap();
     let s = Instant::now();
     for _ in 0..10 {
         let y = net.encoder.forward(&x).unwrap();
         let _ = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     }
     println!("encoder fwd+bwd {:.1} ms", s.elapsed().as_secs_f64() * 100.0);
-    println!("ms per step: batch {:.1} predict {:.1} loss {:.1} values {:.1} backward {:.1} optim {:.1}", t[0], t[1], t[2], t[3], t[4], t[5]);
+    println!(
+        "ms per step: batch {:.1} predict {:.1} loss {:.1} values {:.1} backward {:.1} optim {:.1}",
+        t[0], t[1], t[2], t[3], t[4], t[5]
+    );
 }

@@ -35,20 +35,57 @@ fn main() -> fml::Result<()> {
     let model = &t.net.face_model;
     let mean = fml::face_model::to_vec3(&model.mean_shape);
     let size = ds.size() as usize;
-    let (mut eb, mut ef, mut em, mut n) = (0.0, 0.0, 0.0, 0usize);
+    let (mut eb, mut ef, mut em, mut n) = (0.0, 0.0, 0.0, 0f64);
+    // Predicted vs true coefficients (model units), for a per-mode correlation report.
+    let mut pairs: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     for i in ds.indices(Some(Split::Val)) {
         let rec = ds.read(i)?;
-        let img: Vec<f32> =
-            (0..3).flat_map(|c| (0..size * size).map(move |p| (c, p))).map(|(c, p)| rec.image[p * 3 + c] as f32 / 255.0).collect();
+        let img: Vec<f32> = (0..3)
+            .flat_map(|c| (0..size * size).map(move |p| (c, p)))
+            .map(|(c, p)| rec.image[p * 3 + c] as f32 / 255.0)
+            .collect();
         let pred = t.net.predict(&Tensor::from_vec(img, (1, 3, size, size), &Device::Cpu)?)?;
-        let v = |t: Tensor| -> fml::Result<Vec<[f32; 3]>> { Ok(fml::face_model::to_vec3(&t.flatten_all()?.to_vec1::<f32>()?)) };
+        let v = |t: Tensor| -> fml::Result<Vec<[f32; 3]>> {
+            Ok(fml::face_model::to_vec3(&t.flatten_all()?.to_vec1::<f32>()?))
+        };
         let gt = Mesh::load_obj(PathBuf::from(&ds.header().records[i].source).with_extension("obj"))?.vertices;
         eb += aligned_error(&v(pred.levels.base_geometry.clone())?, &gt, &model.face_region)?;
         ef += aligned_error(&v(pred.levels.final_geometry()?)?, &gt, &model.face_region)?;
         em += aligned_error(&mean, &gt, &model.face_region)?;
-        n += 1;
+        n += 1.0;
+        let rec: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(PathBuf::from(&ds.header().records[i].source).with_extension("json"))
+                .map_err(|e| fml::Error::io("json", e))?,
+        )
+        .expect("synth json");
+        let truth: Vec<f32> = ["shape", "expression"]
+            .iter()
+            .flat_map(|k| {
+                rec["coefficients"][k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let z = Tensor::cat(&[&pred.params.z_shape, &pred.params.z_expr], 1)?.flatten_all()?.to_vec1::<f32>()?;
+        pairs.push((z, truth));
     }
-    let n = n as f64;
+    if std::env::var_os("FML_CORR").is_some() {
+        let k = pairs[0].0.len().min(pairs[0].1.len());
+        let corr: Vec<String> = (0..k)
+            .map(|m| {
+                let (xs, ys): (Vec<f64>, Vec<f64>) = pairs.iter().map(|(p, t)| (p[m] as f64, t[m] as f64)).unzip();
+                let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+                let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+                let vx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+                let vy: f64 = ys.iter().map(|y| (y - my).powi(2)).sum();
+                format!("{m}:{:.2}", cov / (vx * vy).sqrt().max(1e-12))
+            })
+            .collect();
+        println!("correlation of predicted and true coefficients (shape then expression): {}", corr.join(" "));
+    }
     println!("{} validation faces: base {:.3} mm, final {:.3} mm, mean face {:.3} mm", n, eb / n, ef / n, em / n);
     Ok(())
 }

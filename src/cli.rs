@@ -30,6 +30,113 @@ pub enum Command {
     Reconstruct(ReconstructArgs),
     /// Write a weights-only copy of a run (config + checkpoint without optimiser state).
     Export(ExportArgs),
+    /// Evaluate a trained network on FaceWarehouse-layout data: geometric error after similarity
+    /// alignment (paper Table 1) and photometric error (Fig. 11), base and final level.
+    Eval(EvalArgs),
+    /// Measure speeds: inference latency and throughput, the image formation layer, training
+    /// steps, the data loader.
+    Bench(BenchArgs),
+}
+
+/// `fml eval --facewarehouse DIR`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// FaceWarehouse-layout folder: Tester_*/TrainingPose/pose_*.png with pose_*.pts (or .land)
+    /// for the crop, pose_*.obj (ground truth, any topology) and optionally pose_*.json (3D
+    /// landmarks, as `fml synth --layout facewarehouse` writes).
+    #[arg(long, value_name = "DIR")]
+    pub facewarehouse: PathBuf,
+    /// Trained run (directory or checkpoint file) [default: the built-in default model].
+    #[arg(long, value_name = "RUN")]
+    pub checkpoint: Option<PathBuf>,
+    /// Also write the summary and per-mesh numbers as JSON.
+    #[arg(long, value_name = "OUT.json")]
+    pub json: Option<PathBuf>,
+    /// Radius (mm) of the ground-truth face region around the nose tip.
+    #[arg(long, value_name = "MM", default_value_t = fml::infer::eval::EvalConfig::default().radius_mm)]
+    pub radius: f32,
+    /// Factor from ground-truth units (meshes, 3D landmarks) to mm.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    pub gt_scale: f32,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Faces per network batch.
+    #[arg(long, default_value_t = fml::infer::eval::EvalConfig::default().batch)]
+    pub batch: usize,
+    /// Upper bound on ICP iterations per mesh.
+    #[arg(long, value_name = "N", default_value_t = fml::eval::IcpConfig::default().max_iterations)]
+    pub icp_iterations: usize,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// What `fml bench` measures.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchWhat {
+    /// Inference latency (batch 1) and throughput (batch sweep).
+    Infer,
+    /// Image formation layer forward and forward + backward.
+    Render,
+    /// Training steps (images/s).
+    Train,
+    /// The data loader (images/s).
+    Loader,
+    /// All of the above.
+    All,
+}
+
+/// `fml bench [infer|render|train|loader|all]`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value_t = BenchWhat::All)]
+    pub what: BenchWhat,
+    /// infer: an untrained network of this run configuration; train: the configuration to train
+    /// [default: a trained --checkpoint or the default model for infer, the built-in (paper:
+    /// AlexNet, 240 px) configuration for train].
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// infer: a trained run (directory or checkpoint file).
+    #[arg(long, value_name = "RUN")]
+    pub checkpoint: Option<PathBuf>,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Write the measurements as JSON (with `all`: one object per part).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// infer: batch sizes of the throughput sweep (comma separated) [default: 1,8,32,128,512,2048,8192].
+    #[arg(long, value_delimiter = ',')]
+    pub batches: Option<Vec<usize>>,
+    /// infer: stop the sweep after a batch size one run of which takes longer (seconds).
+    #[arg(long, default_value_t = 2.0)]
+    pub max_seconds: f64,
+    /// infer: timed runs at batch 1 (fewer when they take over 10 s in all).
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    /// render: meshes per batch [64]; train: images per step [the config's]; loader: batch [32].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// render: vertices per mesh.
+    #[arg(long, default_value_t = 30_000)]
+    pub vertices: usize,
+    /// render: side of the sampled images; loader: side of the synthetic crops.
+    #[arg(long, default_value_t = 240)]
+    pub size: usize,
+    /// train: which stage's steps.
+    #[arg(long, value_enum, default_value_t = fml::bench::BenchStage::Pretrain)]
+    pub stage: fml::bench::BenchStage,
+    /// train: timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// train: untimed warm-up steps before them.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// loader: a dataset file (.fmlds) [default: a synthetic one in a temporary folder].
+    #[arg(long, value_name = "DATASET")]
+    pub data: Option<PathBuf>,
 }
 
 /// `fml reconstruct INPUT... -o OUT`.
@@ -535,6 +642,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prepare(args) => run_prepare(args),
         Command::Train(a) => run_training(a.run.options(fml::train::Stage::Pretrain)?),
         Command::Finetune(a) => run_training(a.run.options(fml::train::Stage::Finetune { from: a.from.clone() })?),
+        Command::Eval(a) => run_eval(a),
+        Command::Bench(a) => run_bench(a),
         Command::Reconstruct(a) => run_reconstruct(a),
         Command::Export(a) => {
             let ckpt = fml::infer::export(&a.run, &a.output)?;
@@ -642,6 +751,126 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             let m = FaceModel::load(&model)?;
             println!("{}", m.summary());
         }
+    }
+    Ok(())
+}
+
+fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
+    use fml::infer::eval::{EvalConfig, evaluate_facewarehouse};
+    let device = fml::train::select_device(&a.device)?;
+    let run = fml::infer::resolve_run(a.checkpoint.as_deref())?;
+    let trained = fml::infer::load_run(&run, &device)?;
+    let cfg = EvalConfig {
+        radius_mm: a.radius,
+        gt_scale: a.gt_scale,
+        batch: a.batch,
+        progress: !a.quiet,
+        icp: fml::eval::IcpConfig { max_iterations: a.icp_iterations, ..Default::default() },
+        ..EvalConfig::default()
+    };
+    let report = evaluate_facewarehouse(&a.facewarehouse, &trained, &cfg)?;
+    println!(
+        "FaceWarehouse evaluation of {} on {}: {} meshes evaluated, {} skipped, face region {} mm around the nose tip",
+        run.display(),
+        a.facewarehouse.display(),
+        report.meshes.len(),
+        report.skipped.len(),
+        cfg.radius_mm
+    );
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        report.save_json(path)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    use fml::bench;
+    let device = fml::train::select_device(&a.device)?;
+    println!("device: {}, {} CPU threads (rayon)", bench::device_name(&device), rayon::current_num_threads());
+    let mut json = serde_json::Map::new();
+    let all = a.what == BenchWhat::All;
+    let config_label = |p: &PathBuf| p.display().to_string();
+    if matches!(a.what, BenchWhat::Infer | BenchWhat::All) {
+        let (net, label) = match (&a.checkpoint, &a.config) {
+            (Some(_), Some(_)) => anyhow::bail!("bench infer: give --checkpoint or --config, not both"),
+            (Some(run), None) => (fml::infer::load_run(run, &device)?.net, "checkpoint".to_string()),
+            (None, Some(c)) => {
+                let cfg = fml::config::Config::load(c)?;
+                (bench::untrained_net(&cfg, cfg.train.correctives, &device)?, config_label(c))
+            }
+            (None, None) if fml::infer::default_run().exists() => {
+                (fml::infer::load_run(&fml::infer::default_run(), &device)?.net, "checkpoint".to_string())
+            }
+            (None, None) => {
+                println!("no --checkpoint or --config and no default model: timing the built-in configuration");
+                (bench::untrained_net(&fml::config::Config::default(), false, &device)?, "default".to_string())
+            }
+        };
+        let mut cfg =
+            bench::InferBenchConfig { latency_runs: a.runs, max_seconds: a.max_seconds, ..Default::default() };
+        if let Some(b) = &a.batches {
+            cfg.batches = b.clone();
+        }
+        let r = bench::bench_infer(&net, &label, &cfg)?;
+        print!("{}", r.table());
+        json.insert("infer".into(), serde_json::to_value(&r)?);
+    }
+    if matches!(a.what, BenchWhat::Render | BenchWhat::All) {
+        let cfg = bench::RenderBenchConfig {
+            batch: a.batch.unwrap_or(64),
+            vertices: a.vertices,
+            image_size: a.size,
+            ..Default::default()
+        };
+        let r = bench::bench_render(&device, &cfg)?;
+        println!(
+            "image formation layer, {}x{} images, {} triangles per mesh:",
+            r.image_size, r.image_size, r.triangles
+        );
+        println!("{}", r.line());
+        println!(
+            "memory-traffic floor: {:.1} MB forward, {:.1} MB forward + backward (floor time = bytes / \
+             bandwidth, e.g. {:.3} ms at an H100 SXM's 3350 GB/s); achieved {:.2} GB/s",
+            r.bytes_floor_fwd as f64 / 1e6,
+            r.bytes_floor as f64 / 1e6,
+            r.bytes_floor as f64 / 3350e9 * 1e3,
+            r.gb_s
+        );
+        // The reference (candle ops) path on a small size beside the fast path on the same size.
+        let small =
+            bench::RenderBenchConfig { batch: cfg.batch.min(4), vertices: cfg.vertices.min(2000), ..cfg.clone() };
+        for backend in [fml::render::Backend::Fast, fml::render::Backend::Reference] {
+            let r = bench::bench_render(&device, &bench::RenderBenchConfig { backend, ..small.clone() })?;
+            println!("{}", r.line());
+        }
+        json.insert("render".into(), serde_json::to_value(&r)?);
+    }
+    if matches!(a.what, BenchWhat::Train | BenchWhat::All) {
+        let (mut cfg, label) = match &a.config {
+            Some(c) => (fml::config::Config::load(c)?, config_label(c)),
+            None => (fml::config::Config::default(), "default".to_string()),
+        };
+        cfg.train.device = a.device.clone();
+        let tb = bench::TrainBenchConfig { stage: a.stage, batch: a.batch, steps: a.steps, warmup: a.warmup };
+        let r = bench::bench_train(&cfg, &label, &device, &tb)?;
+        println!("{}", r.line());
+        json.insert("train".into(), serde_json::to_value(&r)?);
+    }
+    if matches!(a.what, BenchWhat::Loader | BenchWhat::All) {
+        let r = bench::bench_loader(a.data.as_deref(), a.batch.unwrap_or(32), a.size, 512)?;
+        println!("{}", r.line());
+        json.insert("loader".into(), serde_json::to_value(&r)?);
+    }
+    if let Some(path) = &a.json {
+        let value = if all {
+            serde_json::Value::Object(json)
+        } else {
+            json.into_iter().next().map(|(_, v)| v).unwrap_or(serde_json::Value::Null)
+        };
+        fml::io::write_atomic_bytes(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

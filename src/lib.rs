@@ -6,6 +6,7 @@
 //! `data` -> `encoder` -> `face_model` -> `render` -> `loss` -> `train`; `infer` runs the trained
 //! pipeline. `config`, `error`, `io`, `rng` and `checkpoint` are shared by all of them.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

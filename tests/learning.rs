@@ -38,7 +38,15 @@ fn tiny_config(data: &Path) -> Config {
 }
 
 fn run(cfg: &Config, stage: Stage, out: &Path, resume: bool, stop_at: Option<u64>) -> fml::train::TrainReport {
-    fml::train::train(&TrainOptions { config: cfg.clone(), stage, out: out.to_path_buf(), resume, progress: false, stop_at }).unwrap()
+    fml::train::train(&TrainOptions {
+        config: cfg.clone(),
+        stage,
+        out: out.to_path_buf(),
+        resume,
+        progress: false,
+        stop_at,
+    })
+    .unwrap()
 }
 
 /// Mean vertex distance (mm) over the face region after a similarity alignment, for predicted
@@ -54,10 +62,14 @@ fn aligned_error(pred: &[[f32; 3]], gt: &[[f32; 3]], region: &[u32]) -> f64 {
     let p: Vec<[f64; 3]> = region.iter().map(|&i| pred[i as usize].map(|x| x as f64)).collect();
     let g: Vec<[f64; 3]> = region.iter().map(|&i| gt[i as usize].map(|x| x as f64)).collect();
     let s = umeyama(&p, &g, None, true).unwrap();
-    p.iter().zip(&g).map(|(a, b)| {
-        let q = s.apply(*a);
-        ((q[0] - b[0]).powi(2) + (q[1] - b[1]).powi(2) + (q[2] - b[2]).powi(2)).sqrt()
-    }).sum::<f64>() / p.len() as f64
+    p.iter()
+        .zip(&g)
+        .map(|(a, b)| {
+            let q = s.apply(*a);
+            ((q[0] - b[0]).powi(2) + (q[1] - b[1]).powi(2) + (q[2] - b[2]).powi(2)).sqrt()
+        })
+        .sum::<f64>()
+        / p.len() as f64
 }
 
 fn geometry_errors(run_dir: &Path, data: &Path) -> GeometryErrors {
@@ -70,7 +82,10 @@ fn geometry_errors(run_dir: &Path, data: &Path) -> GeometryErrors {
     for &i in &idx {
         let rec = ds.read(i).unwrap();
         let size = ds.size() as usize;
-        let img: Vec<f32> = (0..3).flat_map(|c| (0..size * size).map(move |p| (c, p))).map(|(c, p)| rec.image[p * 3 + c] as f32 / 255.0).collect();
+        let img: Vec<f32> = (0..3)
+            .flat_map(|c| (0..size * size).map(move |p| (c, p)))
+            .map(|(c, p)| rec.image[p * 3 + c] as f32 / 255.0)
+            .collect();
         let x = candle_core::Tensor::from_vec(img, (1, 3, size, size), &Device::Cpu).unwrap();
         let pred = t.net.predict(&x).unwrap();
         let v = |t: candle_core::Tensor| fml::face_model::to_vec3(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());

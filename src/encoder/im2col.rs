@@ -28,7 +28,12 @@ pub struct ConvParams {
 
 impl ConvParams {
     /// Geometry of a `kernel`x`kernel` convolution with `stride` and `pad` over `[C, B, H, W]`.
-    pub fn new(dims: (usize, usize, usize, usize), kernel: usize, stride: usize, pad: usize) -> candle_core::Result<Self> {
+    pub fn new(
+        dims: (usize, usize, usize, usize),
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> candle_core::Result<Self> {
         let (c, b, h, w) = dims;
         if stride == 0 || h + 2 * pad < kernel || w + 2 * pad < kernel {
             candle_core::bail!("unfold: kernel {kernel} / stride {stride} / pad {pad} does not fit {h}x{w}");
@@ -134,7 +139,11 @@ impl CustomOp1 for Unfold {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         Ok((super::cuda::unfold(&self.p, s, l)?, Shape::from(self.p.cols_shape())))
     }
 
@@ -167,7 +176,13 @@ pub fn unfold(x: &Tensor, kernel: usize, stride: usize, pad: usize) -> candle_co
 
 /// A convolution of channel-major activations: `[C, B, H, W]` -> `[O, B, Ho, Wo]`, with weights
 /// `[O, C, k, k]` and bias `[O]` (candle-nn's conv layout, so checkpoints are interchangeable).
-pub fn conv2d_cbhw(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, pad: usize) -> candle_core::Result<Tensor> {
+pub fn conv2d_cbhw(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> candle_core::Result<Tensor> {
     let (o, c, k, _) = weight.dims4()?;
     let (cols, p) = unfold(x, k, stride, pad)?;
     let y = weight.reshape((o, c * k * k))?.matmul(&cols)?; // [O, B Ho Wo]
@@ -192,17 +207,25 @@ mod tests {
 
     #[test]
     fn matches_candle_conv_forward_and_backward() {
-        for (c, b, h, w, o, k, s, p) in [(3, 2, 17, 15, 4, 5, 2, 2), (4, 3, 9, 9, 5, 3, 1, 1), (3, 1, 31, 31, 2, 11, 4, 0)] {
+        for (c, b, h, w, o, k, s, p) in
+            [(3, 2, 17, 15, 4, 5, 2, 2), (4, 3, 9, 9, 5, 3, 1, 1), (3, 1, 31, 31, 2, 11, 4, 0)]
+        {
             let xv = Var::from_tensor(&rand(&[b, c, h, w], 1)).unwrap();
             let wv = Var::from_tensor(&rand(&[o, c, k, k], 2)).unwrap();
             let bias = Var::from_tensor(&rand(&[o], 3)).unwrap();
             let gy = rand(&[b, o, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1], 4);
             // Reference: candle's NCHW convolution.
-            let ref_y = xv.as_tensor().conv2d(wv.as_tensor(), p, s, 1, 1).unwrap().broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap()).unwrap();
+            let ref_y = xv
+                .as_tensor()
+                .conv2d(wv.as_tensor(), p, s, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
             let ref_g = (&ref_y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
             // Ours, channel-major.
             let x_cbhw = xv.as_tensor().permute((1, 0, 2, 3)).unwrap();
-            let y = conv2d_cbhw(&x_cbhw, wv.as_tensor(), bias.as_tensor(), s, p).unwrap().permute((1, 0, 2, 3)).unwrap();
+            let y =
+                conv2d_cbhw(&x_cbhw, wv.as_tensor(), bias.as_tensor(), s, p).unwrap().permute((1, 0, 2, 3)).unwrap();
             assert!(max_diff(&y, &ref_y) < 1e-4, "forward {c} {h}x{w} k{k} s{s}");
             let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, v) in [("input", &xv), ("weight", &wv), ("bias", &bias)] {

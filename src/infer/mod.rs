@@ -14,6 +14,8 @@ pub use overlay::{OverlayConfig, SourceCamera};
 pub use reconstruct::{CropSpec, Frame, InputImage, Level, ReconstructOptions, Reconstruction, Reconstructor};
 pub use record::ParamRecord;
 
+pub mod eval;
+
 use crate::checkpoint;
 use crate::config::Config;
 use crate::encoder;

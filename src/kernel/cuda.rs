@@ -50,4 +50,3 @@ pub(crate) fn to_tensor(slice: CudaSlice<f32>, dev: &CudaDevice, shape: impl Int
         false,
     )
 }
-
