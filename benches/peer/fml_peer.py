@@ -579,19 +579,28 @@ class ParamLayout:
         self.scales = cfg["params"]
         cam = cfg["camera"]
         self.t0 = default_translation(model, cam["focal"], cfg["encoder"]["input_size"], cam["landmark_fill"])
+        self._constants = {}
 
     def num_outputs(self):
         return self.shape + self.expr + self.albedo + 27 + 3 + 3 + 2 * self.correctives
+
+    def constants(self, dtype, device):
+        """Neutral SH [27], translation scales [3] and default translation [3] on `device`, made
+        once: building them per call would copy from the host, which synchronises a CUDA stream."""
+        key = (dtype, str(device))
+        if key not in self._constants:
+            self._constants[key] = (sh_neutral(dtype, device),
+                                    torch.tensor(self.scales["translation"], dtype=dtype, device=device),
+                                    torch.tensor(self.t0, dtype=dtype, device=device))
+        return self._constants[key]
 
     def split(self, x):
         """[B, num_outputs] -> dict of named parameters (shapes beside each)."""
         sizes = [self.shape, self.expr, self.albedo, 27, 3, 3, self.correctives, self.correctives]
         zs, ze, za, g, rot, t, cg, cr = torch.split(x, sizes, dim=1)
-        dev, dt = x.device, x.dtype
-        ts = torch.tensor(self.scales["translation"], dtype=dt, device=dev)
-        t0 = torch.tensor(self.t0, dtype=dt, device=dev)
+        neutral, ts, t0 = self.constants(x.dtype, x.device)
         p = {"z_shape": zs, "z_expr": ze, "z_albedo": za,  # [B, K_s], [B, K_e], [B, K_r]
-             "gamma": g * self.scales["light"] + sh_neutral(dt, dev),  # [B, 27]
+             "gamma": g * self.scales["light"] + neutral,  # [B, 27]
              "rotation": rot * self.scales["rotation"],  # [B, 3]
              "translation": t * ts + t0}  # [B, 3]
         if self.correctives > 0:
@@ -1055,12 +1064,16 @@ def bench_train(args):
 
     loss_fn = torch.compile(step_fn) if args.compile else step_fn
 
+    host_idx = torch.arange(batch)
+    dev_idx = torch.arange(batch, device=device)
+
     def step(k):
-        idx = (torch.arange(batch) + k * batch) % pool
-        # The loader's work on the device side: u8 HWC crops -> f32 NCHW in [0, 1].
-        images = img_u8[idx.to(img_u8.device)].to(device, non_blocking=True)
+        # The loader's work: gather the batch's u8 HWC crops, upload them (fml's loader uploads
+        # too), convert to f32 NCHW in [0, 1] on the device.
+        idx = dev_idx if args.data_on_device else host_idx
+        images = img_u8[(idx + k * batch) % pool].to(device, non_blocking=True)
         images = images.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-        di = idx.to(device)
+        di = (dev_idx + k * batch) % pool
         opt.zero_grad(set_to_none=True)
         total = loss_fn(images, lms[di], conf[di])
         total.backward()
