@@ -79,14 +79,19 @@ impl Default for CameraConfig {
 pub struct CorrectiveConfig {
     /// C, corrective coefficients per kind. Paper (Sec. 7): 500 for geometry and reflectance.
     pub count: usize,
-    /// Std of the initial random bases (geometry mm, reflectance) — small, so the correction
-    /// starts at 0 through the zero output layer but both factors receive gradients.
+    /// Std of the initial bases Theta_g (mm) and Theta_r. Default 0: the correction
+    /// `F = delta Theta` is then exactly zero at the start of finetuning.
     pub init_std: [f32; 2],
+    /// Std of the initial weights of the encoder's corrective-coefficient outputs. Non-zero so
+    /// that with zero bases the bases still receive a gradient (`dL/dTheta = delta^T dL/dF`);
+    /// with both factors zero the product would never move. Chosen so the coefficients start at
+    /// about 0.1.
+    pub head_std: f32,
 }
 
 impl Default for CorrectiveConfig {
     fn default() -> Self {
-        CorrectiveConfig { count: 500, init_std: [1e-3, 1e-4] }
+        CorrectiveConfig { count: 500, init_std: [0.0, 0.0], head_std: 0.01 }
     }
 }
 

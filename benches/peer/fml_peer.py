@@ -28,7 +28,8 @@ How each part mirrors the Rust sources (same math, same shapes, same parameter c
   must first be re-saved with `fml model import --format native`, which writes every array.
 - face_model/multilevel.rs -> FaceNet: bases pre-multiplied by their std, so the encoder
   regresses z-scores; v^b = mean + z_s B_s + z_e B_e, r^b = mean + z_r B_r ([B, 3N] matmuls);
-  correctives Theta_g, Theta_r are [C, 3N] parameters initialised N(0, init_std^2).
+  correctives Theta_g, Theta_r are [C, 3N] parameters initialised N(0, init_std^2) (default 0),
+  and the corrective-coefficient rows of the head N(0, head_std^2).
 - render/camera.rs, layer.rs, reference.rs, ops/*.rs -> Renderer: R = Rz(roll) Ry(yaw) Rx(pitch),
   v_cam = v R^T + t; area-weighted vertex normals (cross products scattered with index_add_,
   normalised with sqrt(|n|^2 + 1e-20)); SH shading with sh.rs's constants; projection
@@ -99,7 +100,7 @@ DEFAULTS = {
         "fc": [4096, 4096],
     },
     "params": {"rotation": 1.0, "translation": [10.0, 10.0, 100.0], "light": 1.0},
-    "correctives": {"count": 500, "init_std": [1e-3, 1e-4]},
+    "correctives": {"count": 500, "init_std": [0.0, 0.0], "head_std": 0.01},
     "loss": {
         "photo": 1.0,
         "sparse": 2e-3,
@@ -620,6 +621,11 @@ class FaceNet(nn.Module):
         self.num_vertices = n
         self.layout = ParamLayout(model, cfg, c)
         self.encoder = Encoder(cfg["encoder"], self.layout.num_outputs(), seed)
+        if c > 0:
+            # As network/mod.rs: the 2C corrective-coefficient outputs start N(0, head_std^2).
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(seed)
+                self.encoder.head.weight[-2 * c:] = torch.randn(2 * c, self.encoder.head.weight.shape[1], generator=g) * cfg["correctives"]["head_std"]
 
         def scaled(basis, std):  # [K, N, 3] * [K] -> [K, 3N]
             return (basis * std.reshape(-1, 1, 1)).reshape(std.shape[0], n3)
@@ -858,8 +864,8 @@ def read_fmlds(path, split="train"):
 
 def load_checkpoint(net, path):
     """Encoder weights (and corrective bases when both sides have them) from an fml checkpoint
-    (`encoder.conv1.weight`, ..., `correctives.geometry`). A pretraining head gets zero rows for
-    the corrective coefficients, as trainer.rs's grow_head does."""
+    (`encoder.conv1.weight`, ..., `correctives.geometry`). A pretraining head gets new rows for
+    the corrective coefficients (small random weights), as trainer.rs's grow_head does."""
     t, meta = read_safetensors(path)
     if "fml_checkpoint" not in meta:
         raise PeerError(f"{path}: no fml_checkpoint metadata: not an fml checkpoint")
@@ -875,7 +881,8 @@ def load_checkpoint(net, path):
                 raise PeerError(f"{path}: missing tensor {name!r}")
             src = t[name].to(torch.float32)
             if name.startswith("encoder.head") and src.shape[0] < param.shape[0] and src.shape[1:] == param.shape[1:]:
-                src = torch.cat([src, src.new_zeros((param.shape[0] - src.shape[0],) + tuple(src.shape[1:]))])
+                # trainer.rs grow_head: the new corrective rows keep this net's random init.
+                src = torch.cat([src, param.detach().cpu()[src.shape[0]:].to(src.dtype)])
             if tuple(src.shape) != tuple(param.shape):
                 raise PeerError(f"{path}: {name} has shape {list(src.shape)}, this config needs {list(param.shape)}")
             param.copy_(src.to(param.device))

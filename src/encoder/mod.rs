@@ -104,12 +104,24 @@ fn insert(varmap: &VarMap, name: &str, shape: &[usize], std: f64, rng: &mut Rng,
     Ok(())
 }
 
+/// Output-layer weights `[rows, cols]` (flat): zero for rows `< from`, N(0, std^2) after.
+pub fn head_rows(rows: usize, cols: usize, from: usize, std: f32, rng: &mut Rng) -> Vec<f32> {
+    let mut w = vec![0f32; rows * cols];
+    for x in &mut w[from * cols..] {
+        *x = (rng.normal() as f32) * std;
+    }
+    w
+}
+
 impl Encoder {
     /// Build the encoder in `varmap` (weights already present, e.g. from a checkpoint, are used
-    /// as they are) with `num_outputs` outputs.
+    /// as they are) with `num_outputs` outputs. The output layer starts at zero except for rows
+    /// `random_rows.0..`, which get N(0, random_rows.1^2) weights (the corrective coefficients,
+    /// see `CorrectiveConfig::head_std`).
     pub fn new(
         config: &EncoderConfig,
         num_outputs: usize,
+        random_rows: (usize, f32),
         varmap: &VarMap,
         seed: u64,
         device: &Device,
@@ -143,7 +155,13 @@ impl Encoder {
             insert(varmap, &format!("{PREFIX}.fc{}.bias", i + 1), &[w], 0.0, &mut rng, device)?;
             in_f = w;
         }
-        insert(varmap, &format!("{PREFIX}.head.weight"), &[num_outputs, in_f], 0.0, &mut rng, device)?;
+        let head = format!("{PREFIX}.head.weight");
+        if !varmap.data().lock().expect("varmap lock").contains_key(&head) {
+            let (from, std) = random_rows;
+            let w = head_rows(num_outputs, in_f, from.min(num_outputs), std, &mut rng);
+            varmap.data().lock().expect("varmap lock").insert(head.clone(), Var::from_tensor(&Tensor::from_vec(w, (num_outputs, in_f), device)?)?);
+        }
+        insert(varmap, &head, &[num_outputs, in_f], 0.0, &mut rng, device)?;
         insert(varmap, &format!("{PREFIX}.head.bias"), &[num_outputs], 0.0, &mut rng, device)?;
 
         let vb = VarBuilder::from_varmap(varmap, DType::F32, device).pp(PREFIX);
@@ -264,13 +282,13 @@ mod tests {
     fn zero_head_then_deterministic_init() {
         let dev = Device::Cpu;
         let vm = VarMap::new();
-        let enc = Encoder::new(&tiny(), 7, &vm, 1, &dev).unwrap();
+        let enc = Encoder::new(&tiny(), 7, (7, 0.0), &vm, 1, &dev).unwrap();
         let x = Tensor::rand(0f32, 1f32, (2, 3, 32, 32), &dev).unwrap();
         let y = enc.forward(&x).unwrap();
         assert_eq!(y.dims(), &[2, 7]);
         assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
         let vm2 = VarMap::new();
-        Encoder::new(&tiny(), 7, &vm2, 1, &dev).unwrap();
+        Encoder::new(&tiny(), 7, (7, 0.0), &vm2, 1, &dev).unwrap();
         let a = vm.data().lock().unwrap()["encoder.conv1.weight"]
             .as_tensor()
             .flatten_all()

@@ -59,9 +59,12 @@ impl SparseLandmarks {
         let dir = Tensor::cat(&[dx, dy, dz], D::Minus1)?; // [B, m, 3]
         let dir = dir.broadcast_div(&dir.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?;
         let p = camera.detach().index_select(cand, 1)?; // [B, K, 3]
-        // Squared distance of p to the ray through the origin: |p|^2 - (p . d)^2.
-        let along = p.matmul(&dir.transpose(1, 2)?.contiguous()?)?; // [B, K, m]
-        let dist = p.sqr()?.sum_keepdim(D::Minus1)?.broadcast_sub(&along.sqr()?)?;
+        let kc = p.dim(1)?;
+        // Squared distance of p to the ray through the origin: |p x d|^2 (the cross product keeps
+        // precision at ~1 m depth, where |p|^2 - (p . d)^2 cancels catastrophically in f32).
+        let pe = p.unsqueeze(2)?.broadcast_as((b, kc, m, 3))?.contiguous()?; // [B, K, m, 3]
+        let de = dir.unsqueeze(1)?.broadcast_as((b, kc, m, 3))?.contiguous()?;
+        let dist = crate::face_model::topology::cross_tensor(&pe, &de)?.sqr()?.sum(D::Minus1)?; // [B, K, m]
         let best = dist.argmin(1)?; // [B, m] indices into cand
         Ok(cand.index_select(&best.flatten_all()?, 0)?.reshape((b, m))?)
     }

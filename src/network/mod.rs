@@ -73,7 +73,9 @@ impl FaceNet {
             scales: cfg.params.clone(),
             default_translation: default_translation(face_model, &k, cfg.camera.landmark_fill),
         };
-        let encoder = Encoder::new(&cfg.encoder, layout.num_outputs(), varmap, cfg.train.seed, device)?;
+        // Corrective-coefficient outputs (the last 2C) start small and random; the rest at zero.
+        let random_rows = (layout.num_outputs() - 2 * c, cfg.correctives.head_std);
+        let encoder = Encoder::new(&cfg.encoder, layout.num_outputs(), random_rows, varmap, cfg.train.seed, device)?;
         let base = BaseLevel::new(face_model, device)?;
         let corr = if c > 0 {
             let init = (cfg.correctives.init_std[0], cfg.correctives.init_std[1]);

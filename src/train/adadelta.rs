@@ -110,8 +110,12 @@ impl Optimizer for AdaDelta {
         let (rho, eps) = (self.cfg.rho, self.cfg.eps);
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            // A leaf's gradient can still carry a graph (e.g. `delta^T dL/dF` for the corrective
+            // bases references the forward pass through delta); the optimiser state must not keep
+            // it alive across steps.
+            let g = g.detach();
             s.sq_grad = ((&s.sq_grad * rho)? + (g.sqr()? * (1.0 - rho))?)?;
-            let delta = (((&s.sq_delta + eps)?.sqrt()? / (&s.sq_grad + eps)?.sqrt()?)? * g)?;
+            let delta = (((&s.sq_delta + eps)?.sqrt()? / (&s.sq_grad + eps)?.sqrt()?)? * &g)?;
             s.sq_delta = ((&s.sq_delta * rho)? + (delta.sqr()? * (1.0 - rho))?)?;
             s.var.set(&(s.var.as_tensor() - (delta * s.lr)?)?)?;
         }
@@ -159,6 +163,20 @@ mod tests {
         }
         let v = x.as_tensor().to_vec1::<f32>().unwrap();
         assert!(v[0].abs() < 0.1 && v[1].abs() < 0.1, "{v:?}");
+    }
+
+    #[test]
+    fn state_does_not_keep_the_forward_graph() {
+        // d(sum(a * (b * c)))/da = b * c: a gradient that references b and c, both variables.
+        let dev = Device::Cpu;
+        let a = Var::from_tensor(&Tensor::new(&[1.0f32, 2.0], &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[3.0f32, 4.0], &dev).unwrap()).unwrap();
+        let mut opt = AdaDelta::with_groups(vec![("a".into(), a.clone(), 1.0), ("b".into(), b.clone(), 1.0)], 0.9, 1e-6).unwrap();
+        let loss = (a.as_tensor() * (b.as_tensor() * b.as_tensor()).unwrap()).unwrap().sum_all().unwrap();
+        opt.backward_step(&loss).unwrap();
+        for (name, t) in opt.state() {
+            assert!(!t.track_op(), "{name} keeps a computation graph alive");
+        }
     }
 
     #[test]

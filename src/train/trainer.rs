@@ -96,10 +96,11 @@ pub fn select_device(name: &str) -> Result<Device> {
     }
 }
 
-/// The pretraining head `[P0, F]` grown to `[P0 + 2C, F]` with zero rows for the corrective
-/// coefficients (they sit last in the parameter vector), so finetuning starts exactly where
+/// The pretraining head `[P0, F]` grown to `[P0 + 2C, F]` with rows for the corrective
+/// coefficients (they sit last in the parameter vector): small random weights and zero biases
+/// (`CorrectiveConfig::head_std`). The bases start at zero, so finetuning starts exactly where
 /// pretraining ended.
-fn grow_head(t: &Tensor, rows: usize) -> Result<Tensor> {
+fn grow_head(t: &Tensor, rows: usize, std: f32, seed: u64) -> Result<Tensor> {
     let have = t.dim(0)?;
     if have == rows {
         return Ok(t.clone());
@@ -109,7 +110,14 @@ fn grow_head(t: &Tensor, rows: usize) -> Result<Tensor> {
     }
     let mut shape = t.dims().to_vec();
     shape[0] = rows - have;
-    Ok(Tensor::cat(&[t, &Tensor::zeros(shape, t.dtype(), t.device())?], 0)?)
+    let extra = if shape.len() == 2 {
+        let mut rng = crate::rng::Rng::new(seed ^ 0x6E_AD5);
+        let w = encoder::head_rows(shape[0], shape[1], 0, std, &mut rng);
+        Tensor::from_vec(w, shape, t.device())?
+    } else {
+        Tensor::zeros(shape, t.dtype(), t.device())?
+    };
+    Ok(Tensor::cat(&[t, &extra], 0)?)
 }
 
 fn open_log(out: &Path, keep_through: Option<u64>) -> Result<std::fs::File> {
@@ -190,7 +198,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         for name in [format!("{}.head.weight", encoder::PREFIX), format!("{}.head.bias", encoder::PREFIX)] {
             if let Some(v) = data.get(&name) {
                 if v.dim(0)? != rows {
-                    let grown = grow_head(v.as_tensor(), rows)?;
+                    let grown = grow_head(v.as_tensor(), rows, cfg.correctives.head_std, cfg.train.seed)?;
                     data.insert(name, candle_core::Var::from_tensor(&grown)?);
                 }
             }
