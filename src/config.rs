@@ -87,11 +87,17 @@ pub struct CorrectiveConfig {
     /// with both factors zero the product would never move. Chosen so the coefficients start at
     /// about 0.1.
     pub head_std: f32,
+    /// Units of the stored bases, `F_g = scale[0] * delta Theta_g` (mm) and
+    /// `F_r = scale[1] * delta Theta_r`: a reparametrisation that sets how much one AdaDelta step
+    /// (about lr * sqrt(eps) per weight at first) changes the correction. With unit scale the
+    /// photometric gradients of the bases (a mean over thousands of vertices) are so small that
+    /// AdaDelta moves them by ~1e-6 per step; see README "Corrective scale".
+    pub scale: [f32; 2],
 }
 
 impl Default for CorrectiveConfig {
     fn default() -> Self {
-        CorrectiveConfig { count: 500, init_std: [0.0, 0.0], head_std: 0.01 }
+        CorrectiveConfig { count: 500, init_std: [0.0, 0.0], head_std: 0.01, scale: [1.0, 1.0] }
     }
 }
 

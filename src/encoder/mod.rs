@@ -159,7 +159,11 @@ impl Encoder {
         if !varmap.data().lock().expect("varmap lock").contains_key(&head) {
             let (from, std) = random_rows;
             let w = head_rows(num_outputs, in_f, from.min(num_outputs), std, &mut rng);
-            varmap.data().lock().expect("varmap lock").insert(head.clone(), Var::from_tensor(&Tensor::from_vec(w, (num_outputs, in_f), device)?)?);
+            varmap
+                .data()
+                .lock()
+                .expect("varmap lock")
+                .insert(head.clone(), Var::from_tensor(&Tensor::from_vec(w, (num_outputs, in_f), device)?)?);
         }
         insert(varmap, &head, &[num_outputs, in_f], 0.0, &mut rng, device)?;
         insert(varmap, &format!("{PREFIX}.head.bias"), &[num_outputs], 0.0, &mut rng, device)?;

@@ -97,6 +97,10 @@ pub struct Correctives {
     /// `[C, 3N]` reflectance corrective basis Theta_r.
     pub reflectance: Var,
     pub num_vertices: usize,
+    /// Units of the stored bases: `F_g = scale.0 * delta Theta_g`, `F_r = scale.1 * delta Theta_r`.
+    /// A reparametrisation only (the model is the same linear map); it sets how far one optimiser
+    /// step moves the correction (see `CorrectiveConfig::scale`).
+    pub scale: (f32, f32),
 }
 
 impl Correctives {
@@ -132,7 +136,7 @@ impl Correctives {
         };
         let geometry = get(GEOMETRY_CORRECTIVES, init_std.0)?;
         let reflectance = get(REFLECTANCE_CORRECTIVES, init_std.1)?;
-        Ok(Correctives { geometry, reflectance, num_vertices })
+        Ok(Correctives { geometry, reflectance, num_vertices, scale: (1.0, 1.0) })
     }
 
     /// Geometry correction F_g (eq. 1).
@@ -141,7 +145,9 @@ impl Correctives {
     /// `coeffs`: `[B, C]` -> `[B, N, 3]`.
     pub fn geometry_offset(&self, coeffs: &Tensor) -> Result<Tensor> {
         let b = coeffs.dim(0)?;
-        Ok(coeffs.matmul(self.geometry.as_tensor())?.reshape((b, self.num_vertices, 3))?)
+        let f = coeffs.matmul(self.geometry.as_tensor())?;
+        let f = if self.scale.0 == 1.0 { f } else { (f * self.scale.0 as f64)? };
+        Ok(f.reshape((b, self.num_vertices, 3))?)
     }
 
     /// Reflectance correction F_r (eq. 2).
@@ -150,7 +156,9 @@ impl Correctives {
     /// `coeffs`: `[B, C]` -> `[B, N, 3]`.
     pub fn reflectance_offset(&self, coeffs: &Tensor) -> Result<Tensor> {
         let b = coeffs.dim(0)?;
-        Ok(coeffs.matmul(self.reflectance.as_tensor())?.reshape((b, self.num_vertices, 3))?)
+        let f = coeffs.matmul(self.reflectance.as_tensor())?;
+        let f = if self.scale.1 == 1.0 { f } else { (f * self.scale.1 as f64)? };
+        Ok(f.reshape((b, self.num_vertices, 3))?)
     }
 }
 

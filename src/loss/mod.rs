@@ -168,3 +168,6 @@ impl Objective {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

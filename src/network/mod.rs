@@ -79,7 +79,9 @@ impl FaceNet {
         let base = BaseLevel::new(face_model, device)?;
         let corr = if c > 0 {
             let init = (cfg.correctives.init_std[0], cfg.correctives.init_std[1]);
-            Some(Correctives::in_varmap(varmap, c, face_model.num_vertices(), init, cfg.train.seed, device)?)
+            let mut corr = Correctives::in_varmap(varmap, c, face_model.num_vertices(), init, cfg.train.seed, device)?;
+            corr.scale = (cfg.correctives.scale[0], cfg.correctives.scale[1]);
+            Some(corr)
         } else {
             None
         };

@@ -171,7 +171,8 @@ mod tests {
         let dev = Device::Cpu;
         let a = Var::from_tensor(&Tensor::new(&[1.0f32, 2.0], &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::new(&[3.0f32, 4.0], &dev).unwrap()).unwrap();
-        let mut opt = AdaDelta::with_groups(vec![("a".into(), a.clone(), 1.0), ("b".into(), b.clone(), 1.0)], 0.9, 1e-6).unwrap();
+        let mut opt =
+            AdaDelta::with_groups(vec![("a".into(), a.clone(), 1.0), ("b".into(), b.clone(), 1.0)], 0.9, 1e-6).unwrap();
         let loss = (a.as_tensor() * (b.as_tensor() * b.as_tensor()).unwrap()).unwrap().sum_all().unwrap();
         opt.backward_step(&loss).unwrap();
         for (name, t) in opt.state() {

@@ -293,10 +293,18 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         let batch = batches.next().ok_or_else(|| Error::invalid("the data loader stopped"))??;
         let b = batch.len();
         let tb = TrainBatch::from_host(batch.images, batch.landmarks, batch.confidence, b, batch.size, &device)?;
-        let pred = net.predict(&tb.images)?;
-        let terms = objective.compute(&net, &pred, &tb)?;
-        // A NaN/Inf loss stops here, before any update: the last checkpoint stays as it was.
-        let values = terms.values().map_err(|e| Error::NonFinite(format!("step {}: {e}", step + 1)))?;
+        // A NaN/Inf anywhere (parameters, rendering, loss) stops here, before any update: the
+        // last checkpoint stays as it was.
+        let (terms, values) = (|| -> Result<_> {
+            let pred = net.predict(&tb.images)?;
+            let terms = objective.compute(&net, &pred, &tb)?;
+            let values = terms.values()?;
+            Ok((terms, values))
+        })()
+        .map_err(|e| match e {
+            Error::NonFinite(m) => Error::NonFinite(format!("step {}: {m}", step + 1)),
+            other => other,
+        })?;
         let grads = terms.total.backward()?;
         opt.step(&grads)?;
         step += 1;
