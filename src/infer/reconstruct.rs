@@ -604,6 +604,8 @@ mod tests {
         let mut cfg = Config::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml")).unwrap();
         if correctives > 0 {
             cfg.correctives.count = correctives;
+            // Non-zero bases (training starts them at zero) so the final level differs.
+            cfg.correctives.init_std = [1e-3, 1e-4];
         }
         let model = crate::face_model::demo::demo_model();
         let varmap = VarMap::new();
@@ -711,8 +713,11 @@ mod tests {
         let fine = r.fine.as_ref().unwrap();
         assert!(std::ptr::eq(r.mesh(), fine));
         let moved = fine.vertices.iter().zip(&r.base.vertices).any(|(a, b)| (a[0] - b[0]).abs() > 1e-3);
-        assert!(moved, "the corrective level equals the base level");
-        assert_eq!(r.params.correctives.as_ref().unwrap().geometry[0], 100.0);
+        let d = fine.vertices.iter().zip(&r.base.vertices).map(|(a, b)| (a[0] - b[0]).abs()).fold(0f32, f32::max);
+        assert!(moved, "the corrective level equals the base level (max x difference {d})");
+        // 100 from the bias plus the small random corrective rows of the head.
+        let c0 = r.params.correctives.as_ref().unwrap().geometry[0];
+        assert!((c0 - 100.0).abs() < 0.5, "{c0}");
     }
 
     /// CPU and GPU give the same reconstruction (the network and model evaluation run on the

@@ -61,6 +61,8 @@ pub fn project(points: &Tensor, k: &Intrinsics) -> candle_core::Result<Tensor> {
 }
 
 /// Mask of points whose bilinear footprint lies inside the image and in front of the near plane.
+/// Written as "not outside" so that NaN positions count as sampleable: a NaN then reaches the
+/// photometric loss instead of being masked into a silent zero.
 ///
 /// # Shapes
 /// `points`: `[B, N, 3]` -> `[B, N]` (same dtype, 0/1).
@@ -71,11 +73,12 @@ pub fn sampleable(points: &Tensor, k: &Intrinsics) -> candle_core::Result<Tensor
     let v = uv.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
     let d = points.narrow(D::Minus1, 2, 1)?.squeeze(D::Minus1)?.neg()?;
     let dt = points.dtype();
-    let m = d.gt(k.near as f64)?.to_dtype(dt)?;
-    let m = (m * u.ge(0.5)?.to_dtype(dt)?)?;
-    let m = (m * u.le(k.width as f64 - 0.5)?.to_dtype(dt)?)?;
-    let m = (m * v.ge(0.5)?.to_dtype(dt)?)?;
-    m * v.le(k.height as f64 - 0.5)?.to_dtype(dt)?
+    let outside = (d.le(k.near as f64)?.to_dtype(dt)?
+        + u.lt(0.5)?.to_dtype(dt)?
+        + u.gt(k.width as f64 - 0.5)?.to_dtype(dt)?
+        + v.lt(0.5)?.to_dtype(dt)?
+        + v.gt(k.height as f64 - 0.5)?.to_dtype(dt)?)?;
+    outside.eq(0.0)?.to_dtype(dt)
 }
 
 /// Bilinear sample of `image` at the projections of `points`; zero where not sampleable.

@@ -321,7 +321,7 @@ fn bad_input_is_an_error_or_documented_behaviour() {
     let dev = Device::Cpu;
     let s = scene(1, 5, 2, DType::F32);
     let layer = ImageFormation::new(&s.model, s.k, Backend::Fast, &dev).unwrap();
-    // NaN parameters: a clear error, not a NaN (or silently zero) loss.
+    // NaN parameters: a NaN loss (reported by the trainer as an error), never a silent 0.
     let nan = Tensor::new(&[[f32::NAN, 0.0, 0.0]], &dev).unwrap();
     let input = RenderInput {
         vertices: &s.vertices,
@@ -331,8 +331,16 @@ fn bad_input_is_an_error_or_documented_behaviour() {
         gamma: &s.gamma,
         image: &s.image,
     };
-    let err = layer.render(&input).unwrap_err();
-    assert!(matches!(err, crate::Error::NonFinite(_)), "{err}");
+    for backend in [Backend::Reference, Backend::Fast] {
+        let l = ImageFormation::new(&s.model, s.k, backend, &dev).unwrap();
+        let photo = l.photometric(&l.render(&input).unwrap()).unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!(photo.is_nan(), "{backend:?}: NaN pose gave photometric {photo}");
+    }
+    let mut g = s.gamma.to_vec2::<f32>().unwrap();
+    g[0][4] = f32::INFINITY;
+    let inf_gamma = Tensor::new(g, &dev).unwrap();
+    let input_g = RenderInput { rotation: &s.rotation, gamma: &inf_gamma, ..input };
+    assert!(!layer.photometric(&layer.render(&input_g).unwrap()).unwrap().to_vec1::<f32>().unwrap()[0].is_finite());
     // Everything behind the camera: invisible, finite, no panic.
     let behind = Tensor::new(&[[0.0f32, 0.0, 900.0]], &dev).unwrap();
     let input = RenderInput { translation: &behind, rotation: &s.rotation, ..input };
