@@ -38,6 +38,7 @@ fn main() -> fml::Result<()> {
     let (mut eb, mut ef, mut em, mut n) = (0.0, 0.0, 0.0, 0f64);
     // Predicted vs true coefficients (model units), for a per-mode correlation report.
     let mut pairs: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+    let mut p2s = [0f64; 3];
     for i in ds.indices(Some(Split::Val)) {
         let rec = ds.read(i)?;
         let img: Vec<f32> = (0..3)
@@ -49,9 +50,24 @@ fn main() -> fml::Result<()> {
             Ok(fml::face_model::to_vec3(&t.flatten_all()?.to_vec1::<f32>()?))
         };
         let gt = Mesh::load_obj(PathBuf::from(&ds.header().records[i].source).with_extension("obj"))?.vertices;
-        eb += aligned_error(&v(pred.levels.base_geometry.clone())?, &gt, &model.face_region)?;
-        ef += aligned_error(&v(pred.levels.final_geometry()?)?, &gt, &model.face_region)?;
+        let base_v = v(pred.levels.base_geometry.clone())?;
+        let fine_v = v(pred.levels.final_geometry()?)?;
+        eb += aligned_error(&base_v, &gt, &model.face_region)?;
+        ef += aligned_error(&fine_v, &gt, &model.face_region)?;
         em += aligned_error(&mean, &gt, &model.face_region)?;
+        // The paper's metric: point-to-surface after a similarity ICP (ignores sliding along the surface).
+        if std::env::var_os("FML_P2S").is_some() {
+            let gt_mesh = Mesh { vertices: gt.clone(), triangles: model.triangles.clone(), colors: None };
+            let ecfg = fml::infer::eval::EvalConfig { progress: false, ..Default::default() };
+            let lm = |vv: &[[f32; 3]]| -> Vec<[f32; 3]> { model.landmarks.iter().map(|&k| vv[k as usize]).collect() };
+            let sc = |vv: &Vec<[f32; 3]>| -> fml::Result<f64> {
+                let pm = Mesh { vertices: vv.clone(), triangles: model.triangles.clone(), colors: None };
+                Ok(fml::infer::eval::evaluate_mesh(&pm, Some(&lm(vv)), &gt_mesh, Some(&lm(&gt)), &ecfg)?.mean_mm)
+            };
+            p2s[0] += sc(&base_v)?;
+            p2s[1] += sc(&fine_v)?;
+            p2s[2] += sc(&mean)?;
+        }
         n += 1.0;
         let rec: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(PathBuf::from(&ds.header().records[i].source).with_extension("json"))
@@ -85,6 +101,9 @@ fn main() -> fml::Result<()> {
             })
             .collect();
         println!("correlation of predicted and true coefficients (shape then expression): {}", corr.join(" "));
+    }
+    if p2s[2] > 0.0 {
+        println!("point-to-surface: base {:.3} mm, final {:.3} mm, mean face {:.3} mm", p2s[0] / n, p2s[1] / n, p2s[2] / n);
     }
     println!("{} validation faces: base {:.3} mm, final {:.3} mm, mean face {:.3} mm", n, eb / n, ef / n, em / n);
     Ok(())

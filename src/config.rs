@@ -97,7 +97,7 @@ pub struct CorrectiveConfig {
 
 impl Default for CorrectiveConfig {
     fn default() -> Self {
-        CorrectiveConfig { count: 500, init_std: [0.0, 0.0], head_std: 0.01, scale: [1.0, 1.0] }
+        CorrectiveConfig { count: 500, init_std: [0.0, 0.0], head_std: 0.01, scale: [100.0, 10.0] }
     }
 }
 
@@ -135,7 +135,7 @@ impl Default for LossConfig {
     fn default() -> Self {
         LossConfig {
             photo: 1.0,
-            sparse: 2e-3,
+            sparse: 1e-2,
             std_geometry: 2e-4,
             std_albedo: 2e-4,
             smo: 0.05,

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod encoder;
 pub mod error;
 pub mod eval;

@@ -100,10 +100,10 @@ DEFAULTS = {
         "fc": [4096, 4096],
     },
     "params": {"rotation": 1.0, "translation": [10.0, 10.0, 100.0], "light": 1.0},
-    "correctives": {"count": 500, "init_std": [0.0, 0.0], "head_std": 0.01},
+    "correctives": {"count": 500, "init_std": [0.0, 0.0], "head_std": 0.01, "scale": [100.0, 10.0]},
     "loss": {
         "photo": 1.0,
-        "sparse": 2e-3,
+        "sparse": 1e-2,
         "std_geometry": 2e-4,
         "std_albedo": 2e-4,
         "smo": 0.05,
@@ -638,6 +638,7 @@ class FaceNet(nn.Module):
         if c > 0:
             gen = torch.Generator().manual_seed((seed ^ 0xC088EC71FE) & 0x7FFFFFFFFFFFFFFF)
             sg, sr = cfg["correctives"]["init_std"]
+            self.corr_scale = tuple(cfg["correctives"]["scale"])
             self.corr_geometry = nn.Parameter(torch.randn(c, n3, generator=gen) * sg)  # [C, 3N]
             self.corr_reflectance = nn.Parameter(torch.randn(c, n3, generator=gen) * sr)  # [C, 3N]
         else:
@@ -660,8 +661,10 @@ class FaceNet(nn.Module):
         lv = {"base_geometry": g.reshape(b, n, 3), "base_reflectance": r.reshape(b, n, 3),
               "geometry_offset": None, "reflectance_offset": None}
         if self.corr_geometry is not None:
-            lv["geometry_offset"] = (p["corr_geometry"] @ self.corr_geometry).reshape(b, n, 3)
-            lv["reflectance_offset"] = (p["corr_reflectance"] @ self.corr_reflectance).reshape(b, n, 3)
+            # multilevel.rs: F = scale * delta Theta (a reparametrisation of the stored bases).
+            sg, sr = self.corr_scale
+            lv["geometry_offset"] = (sg * (p["corr_geometry"] @ self.corr_geometry)).reshape(b, n, 3)
+            lv["reflectance_offset"] = (sr * (p["corr_reflectance"] @ self.corr_reflectance)).reshape(b, n, 3)
         return lv
 
     def forward(self, images):

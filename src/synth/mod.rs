@@ -86,7 +86,10 @@ pub struct SynthConfig {
     pub yaw_deg: f32,
     pub pitch_deg: f32,
     pub roll_deg: f32,
-    /// Focal length range, pixels for a 240-pixel image (scaled with `size`).
+    /// Focal length range, pixels for a 240-pixel image (scaled with `size`). The default is
+    /// chosen so that after `fml prepare`'s crop (1.3 x the landmark extent, `fill_range` of the
+    /// image) the crop's effective focal length has its median near 1000 px at 240 px, the
+    /// training configs' `camera.focal`: f / (1.3 * fill) = 850 / (1.3 * 0.65).
     pub focal_range: [f32; 2],
     /// Fraction of the image the landmarks' larger extent spans.
     pub fill_range: [f32; 2],
@@ -121,7 +124,7 @@ impl Default for SynthConfig {
             yaw_deg: 40.0,
             pitch_deg: 15.0,
             roll_deg: 10.0,
-            focal_range: [600.0, 1400.0],
+            focal_range: [600.0, 1100.0],
             fill_range: [0.5, 0.8],
             centre_jitter: 0.05,
             near: 10.0,
