@@ -103,7 +103,12 @@ fn main() -> fml::Result<()> {
         println!("correlation of predicted and true coefficients (shape then expression): {}", corr.join(" "));
     }
     if p2s[2] > 0.0 {
-        println!("point-to-surface: base {:.3} mm, final {:.3} mm, mean face {:.3} mm", p2s[0] / n, p2s[1] / n, p2s[2] / n);
+        println!(
+            "point-to-surface: base {:.3} mm, final {:.3} mm, mean face {:.3} mm",
+            p2s[0] / n,
+            p2s[1] / n,
+            p2s[2] / n
+        );
     }
     println!("{} validation faces: base {:.3} mm, final {:.3} mm, mean face {:.3} mm", n, eb / n, ef / n, em / n);
     Ok(())

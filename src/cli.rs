@@ -265,8 +265,11 @@ pub struct DemoArgs {
 
 fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
     let r = fml::demo::run_demo(&a.output, a.checkpoint.as_deref(), a.seed)?;
-    println!("{}
-", r.model_summary);
+    println!(
+        "{}
+",
+        r.model_summary
+    );
     println!("input (synthetic, with ground truth): {}", r.image.display());
     println!("network:                              {}", r.run.display());
     println!("reconstruction:                       {}", r.mesh.display());

@@ -62,7 +62,9 @@ pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64) -> Result<DemoReport>
     let gt = Mesh::load_obj(&ground_truth)?;
     let landmarks = |m: &Mesh| -> Vec<[f32; 3]> { model.landmarks.iter().map(|&i| m.vertices[i as usize]).collect() };
     let ecfg = EvalConfig { progress: false, ..Default::default() };
-    let score = |m: &Mesh| -> Result<f64> { Ok(evaluate_mesh(m, Some(&landmarks(m)), &gt, Some(&landmarks(&gt)), &ecfg)?.mean_mm) };
+    let score = |m: &Mesh| -> Result<f64> {
+        Ok(evaluate_mesh(m, Some(&landmarks(m)), &gt, Some(&landmarks(&gt)), &ecfg)?.mean_mm)
+    };
     let error_base_mm = score(&r.base)?;
     let error_final_mm = r.fine.as_ref().map(&score).transpose()?;
     let error_mean_face_mm = score(&model.mean_mesh())?;
