@@ -86,10 +86,11 @@ impl Drop for ScratchDir {
 }
 
 /// A network with fresh (untrained) weights for `cfg`: the same computation as a trained one
-/// (the zero output head only changes values, not cost).
+/// (the zero output head only changes values, not cost). In inference form
+/// ([`FaceNet::for_inference`]), as `infer::load_run` gives trained ones.
 pub fn untrained_net(cfg: &Config, correctives: bool, device: &Device) -> Result<FaceNet> {
     let face_model = crate::train::load_face_model(&cfg.model)?;
-    FaceNet::new(&face_model, cfg, correctives, cfg.train.backend, &VarMap::new(), device)
+    Ok(FaceNet::new(&face_model, cfg, correctives, cfg.train.backend, &VarMap::new(), device)?.for_inference())
 }
 
 // ---------------------------------------------------------------------------------------------

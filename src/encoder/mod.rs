@@ -188,6 +188,31 @@ impl Encoder {
         Ok(Encoder { convs, fcs, head, config: config.clone(), num_outputs })
     }
 
+    /// The same encoder over detached copies of its weights (they share storage with the
+    /// `VarMap`, nothing is copied): forward passes then build no autograd graph, so every
+    /// activation (im2col matrices included) is freed as soon as the next layer has consumed it.
+    /// For inference only; gradients do not reach the weights through it.
+    pub fn detached(&self) -> Encoder {
+        let linear = |l: &Linear| Linear::new(l.weight().detach(), l.bias().map(Tensor::detach));
+        Encoder {
+            convs: self
+                .convs
+                .iter()
+                .map(|c| ConvLayer { weight: c.weight.detach(), bias: c.bias.detach(), ..c.clone() })
+                .collect(),
+            fcs: self.fcs.iter().map(linear).collect(),
+            head: linear(&self.head),
+            config: self.config.clone(),
+            num_outputs: self.num_outputs,
+        }
+    }
+
+    /// Whether a forward pass records an autograd graph (false for [`detached`](Self::detached)).
+    pub fn tracks_gradients(&self) -> bool {
+        self.convs.iter().any(|c| c.weight.track_op() || c.bias.track_op())
+            || self.fcs.iter().chain(std::iter::once(&self.head)).any(|l| l.weight().track_op())
+    }
+
     /// Regress the parameter vector.
     ///
     /// # Shapes

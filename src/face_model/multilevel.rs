@@ -101,6 +101,8 @@ pub struct Correctives {
     /// A reparametrisation only (the model is the same linear map); it sets how far one optimiser
     /// step moves the correction (see `CorrectiveConfig::scale`).
     pub scale: (f32, f32),
+    /// Evaluate with detached bases (inference): no autograd graph is recorded.
+    detached: bool,
 }
 
 impl Correctives {
@@ -136,7 +138,25 @@ impl Correctives {
         };
         let geometry = get(GEOMETRY_CORRECTIVES, init_std.0)?;
         let reflectance = get(REFLECTANCE_CORRECTIVES, init_std.1)?;
-        Ok(Correctives { geometry, reflectance, num_vertices, scale: (1.0, 1.0) })
+        Ok(Correctives { geometry, reflectance, num_vertices, scale: (1.0, 1.0), detached: false })
+    }
+
+    /// The same correctives evaluated through detached views of the bases (shared storage, no
+    /// copy): for inference, where no gradient is wanted and the graph would only keep every
+    /// intermediate of the forward pass alive.
+    pub fn detached(&self) -> Self {
+        Correctives { detached: true, ..self.clone() }
+    }
+
+    /// Whether evaluations record an autograd graph through the bases.
+    pub fn tracks_gradients(&self) -> bool {
+        !self.detached
+    }
+
+    /// `[C, 3N]` bases as evaluated (detached views for inference).
+    fn bases(&self) -> (Tensor, Tensor) {
+        let (g, r) = (self.geometry.as_tensor(), self.reflectance.as_tensor());
+        if self.detached { (g.detach(), r.detach()) } else { (g.clone(), r.clone()) }
     }
 
     /// Geometry correction F_g (eq. 1).
@@ -145,7 +165,7 @@ impl Correctives {
     /// `coeffs`: `[B, C]` -> `[B, N, 3]`.
     pub fn geometry_offset(&self, coeffs: &Tensor) -> Result<Tensor> {
         let b = coeffs.dim(0)?;
-        let f = coeffs.matmul(self.geometry.as_tensor())?;
+        let f = coeffs.matmul(&self.bases().0)?;
         let f = if self.scale.0 == 1.0 { f } else { (f * self.scale.0 as f64)? };
         Ok(f.reshape((b, self.num_vertices, 3))?)
     }
@@ -156,7 +176,7 @@ impl Correctives {
     /// `coeffs`: `[B, C]` -> `[B, N, 3]`.
     pub fn reflectance_offset(&self, coeffs: &Tensor) -> Result<Tensor> {
         let b = coeffs.dim(0)?;
-        let f = coeffs.matmul(self.reflectance.as_tensor())?;
+        let f = coeffs.matmul(&self.bases().1)?;
         let f = if self.scale.1 == 1.0 { f } else { (f * self.scale.1 as f64)? };
         Ok(f.reshape((b, self.num_vertices, 3))?)
     }

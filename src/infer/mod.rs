@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 /// A trained network ready for inference.
 pub struct Trained {
     pub config: Config,
+    /// In inference form ([`FaceNet::for_inference`]): predictions record no autograd graph.
     pub net: FaceNet,
     pub meta: checkpoint::Meta,
     /// Where it was loaded from.
@@ -110,7 +111,8 @@ pub fn load_run(run: &Path, device: &Device) -> Result<Trained> {
     if correctives {
         config.correctives.count = ck.meta.correctives;
     }
-    let net = FaceNet::new(&face_model, &config, correctives, Backend::Fast, &varmap, device)?;
+    // Inference form: detached weights, so forward passes record no autograd graph.
+    let net = FaceNet::new(&face_model, &config, correctives, Backend::Fast, &varmap, device)?.for_inference();
     if net.layout.num_outputs() != ck.meta.num_outputs {
         return Err(Error::invalid(format!(
             "{}: checkpoint has {} outputs, the config's model needs {}",

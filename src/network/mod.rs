@@ -95,6 +95,26 @@ impl FaceNet {
         })
     }
 
+    /// The same network for inference: encoder weights and corrective bases as detached views
+    /// of the `VarMap` tensors (shared storage, no copy), so that `predict` records no autograd
+    /// graph. With the graph, every activation of a forward pass (the large im2col matrices
+    /// included) stays alive until the prediction is dropped; without it each is freed once
+    /// consumed. Used by everything that only runs the network: `infer::load_run` (reconstruct,
+    /// eval, export) and `fml bench infer`. Training must keep using the tracked form.
+    pub fn for_inference(&self) -> FaceNet {
+        let mut net = self.clone();
+        net.encoder = self.encoder.detached();
+        if let Some(c) = &self.model.correctives {
+            net.model.correctives = Some(c.detached());
+        }
+        net
+    }
+
+    /// Whether `predict` records an autograd graph (false after [`for_inference`](Self::for_inference)).
+    pub fn tracks_gradients(&self) -> bool {
+        self.encoder.tracks_gradients() || self.model.correctives.as_ref().is_some_and(|c| c.tracks_gradients())
+    }
+
     /// The crop's camera intrinsics.
     pub fn intrinsics(&self) -> Intrinsics {
         self.formation.intrinsics
@@ -115,5 +135,68 @@ impl FaceNet {
             params.corr_reflectance.as_ref(),
         )?;
         Ok(Prediction { params, levels })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::face_model::demo::demo_model;
+
+    /// A tiny network over the demo model with correctives and non-zero heads and bases, so that
+    /// every output depends on every weight.
+    fn tiny_net(varmap: &VarMap) -> (FaceNet, Config) {
+        let mut cfg = Config::default();
+        cfg.encoder = crate::encoder::EncoderConfig {
+            input_size: 32,
+            conv: vec![[4, 5, 2, 2, 1], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 1]],
+            fc: vec![16, 16],
+        };
+        cfg.correctives.count = 3;
+        cfg.correctives.init_std = [0.1, 0.01];
+        cfg.correctives.head_std = 0.1;
+        let net = FaceNet::new(&demo_model(), &cfg, true, Backend::Fast, varmap, &Device::Cpu).unwrap();
+        (net, cfg)
+    }
+
+    #[test]
+    fn inference_form_predicts_the_same_without_a_graph() {
+        let varmap = VarMap::new();
+        let (net, cfg) = tiny_net(&varmap);
+        // Make the zero-initialised head non-zero so all parameters vary with the input.
+        {
+            let data = varmap.data().lock().unwrap();
+            let w = &data["encoder.head.weight"];
+            w.set(&Tensor::randn(0f32, 0.05, w.dims(), &Device::Cpu).unwrap()).unwrap();
+        }
+        let s = cfg.encoder.input_size;
+        let x = Tensor::rand(0f32, 1f32, (2, 3, s, s), &Device::Cpu).unwrap();
+        let trained = net.predict(&x).unwrap();
+        let infer_net = net.for_inference();
+        assert!(net.tracks_gradients());
+        assert!(!infer_net.tracks_gradients());
+        let fast = infer_net.predict(&x).unwrap();
+        let pairs = [
+            (&trained.levels.base_geometry, &fast.levels.base_geometry),
+            (&trained.params.gamma, &fast.params.gamma),
+            (trained.levels.geometry_offset.as_ref().unwrap(), fast.levels.geometry_offset.as_ref().unwrap()),
+            (trained.levels.reflectance_offset.as_ref().unwrap(), fast.levels.reflectance_offset.as_ref().unwrap()),
+        ];
+        for (a, b) in pairs {
+            assert!(a.track_op(), "the training form records a graph");
+            assert!(!b.track_op(), "the inference form must not record a graph");
+            let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(a, b);
+        }
+        // The detached views share the weights' storage: an update is seen by both forms.
+        {
+            let data = varmap.data().lock().unwrap();
+            let b = &data["encoder.head.bias"];
+            b.set(&b.as_tensor().ones_like().unwrap()).unwrap();
+        }
+        let after = infer_net.predict(&x).unwrap().params.z_shape.to_vec2::<f32>().unwrap();
+        assert_eq!(after, net.predict(&x).unwrap().params.z_shape.to_vec2::<f32>().unwrap());
+        assert_ne!(after, fast.params.z_shape.to_vec2::<f32>().unwrap());
     }
 }

@@ -245,6 +245,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         )));
     }
     let has_val = !loader.dataset().indices(Some(Split::Val)).is_empty();
+    // Validation needs no gradients: the inference form (detached views of the same weights, so
+    // it sees every update) records no graph and frees each activation once it is consumed.
+    let val_net = if has_val { Some(net.for_inference()) } else { None };
 
     let (mut step, mut position) = (0u64, Position::default());
     if let Some(ck) = &resumed {
@@ -326,8 +329,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             None => {}
         }
         last = values;
-        if has_val && cfg.train.val_every > 0 && (step % cfg.train.val_every == 0 || step == target) {
-            let v = validate(&net, &objective, &loader, cfg.train.val_batches, &device)?;
+        if let Some(val_net) = val_net.as_ref().filter(|_| cfg.train.val_every > 0)
+            && (step % cfg.train.val_every == 0 || step == target)
+        {
+            let v = validate(val_net, &objective, &loader, cfg.train.val_batches, &device)?;
             let line = serde_json::json!({"step": step, "split": "val", "loss": json_terms(&v)});
             writeln!(log, "{line}").map_err(|e| Error::io(opts.out.join("log.jsonl"), e))?;
             validation = Some(v);
