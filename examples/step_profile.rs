@@ -1,63 +1,199 @@
-//! Scratch: time the phases of a training step.
-use candle_core::Device;
-use candle_nn::Optimizer;
+//! Where the time of a training step goes (CPU): encoder forward / backward, the model + render +
+//! loss forward / backward, the optimiser, and a forward breakdown of every loss term. Weights are
+//! fresh and the data synthetic (`write_synthetic`), as in `fml bench train`.
+//!
+//! Usage: `step_profile CONFIG [pretrain|finetune] [BATCH] [STEPS]`, e.g.
+//! `cargo run --release --example step_profile -- configs/tiny.toml finetune 8 30`.
+//! Prints the median milliseconds of each phase over the steps after two warm-up steps.
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::{Optimizer, VarMap};
+use fml::face_model::multilevel::{GEOMETRY_CORRECTIVES, REFLECTANCE_CORRECTIVES};
+use fml::loss::regularizers::{self, Edges, SkinPairs};
+use fml::loss::{Objective, TrainBatch};
+use fml::network::{FaceNet, Prediction};
+use fml::render::RenderInput;
 use std::time::Instant;
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let cfg = fml::config::Config::load(&args[1]).unwrap();
-    let dev = Device::Cpu;
-    let model = fml::train::load_face_model(&cfg.model).unwrap();
-    let vm = candle_nn::VarMap::new();
-    let net = fml::network::FaceNet::new(&model, &cfg, false, fml::render::Backend::Fast, &vm, &dev).unwrap();
-    let obj = fml::loss::Objective::new(&net, &cfg.loss, 1).unwrap();
-    let loader = fml::data::loader::Loader::new(
-        &cfg.data.dataset,
-        fml::data::loader::LoaderConfig { batch_size: cfg.train.batch, ..Default::default() },
-    )
-    .unwrap();
-    let vars: Vec<(String, candle_core::Var, f64)> =
-        vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone(), 1.0)).collect();
-    let mut opt = fml::train::adadelta::AdaDelta::with_groups(vars, 0.95, 1e-6).unwrap();
-    let mut t = [0f64; 6];
-    let n = 30;
-    for (i, b) in loader.iter_from(Default::default()).take(n).enumerate() {
-        let b = b.unwrap();
-        let s0 = Instant::now();
-        let bs = b.len();
-        let tb = fml::loss::TrainBatch::from_host(b.images, b.landmarks, b.confidence, bs, b.size, &dev).unwrap();
-        let s1 = Instant::now();
-        let pred = net.predict(&tb.images).unwrap();
-        let s2 = Instant::now();
-        let terms = obj.compute(&net, &pred, &tb).unwrap();
-        let s3 = Instant::now();
-        let _ = terms.values().unwrap();
-        let s4 = Instant::now();
-        let g = terms.total.backward().unwrap();
-        let s5 = Instant::now();
-        opt.step(&g).unwrap();
-        let s6 = Instant::now();
-        if i >= 5 {
-            for (k, (a, b)) in [(s0, s1), (s1, s2), (s2, s3), (s3, s4), (s4, s5), (s5, s6)].iter().enumerate() {
-                t[k] += (*b - *a).as_secs_f64() * 1000.0 / (n - 5) as f64;
-            }
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+/// Phase timer: `lap(name)` records the time since the previous lap under `name`.
+struct Laps {
+    t: Instant,
+    rows: Vec<(&'static str, Vec<f64>)>,
+    record: bool,
+}
+
+impl Laps {
+    fn lap(&mut self, name: &'static str) {
+        let ms = self.t.elapsed().as_secs_f64() * 1e3;
+        self.t = Instant::now();
+        if !self.record {
+            return;
+        }
+        match self.rows.iter_mut().find(|r| r.0 == name) {
+            Some(r) => r.1.push(ms),
+            None => self.rows.push((name, vec![ms])),
         }
     }
-    // Encoder alone.
-    let x = candle_core::Tensor::rand(
-        0f32,
-        1f32,
-        (cfg.train.batch, 3, cfg.encoder.input_size, cfg.encoder.input_size),
-        &dev,
-    )
-    .unwrap();
-    let s = Instant::now();
-    for _ in 0..10 {
-        let y = net.encoder.forward(&x).unwrap();
-        let _ = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 2 {
+        anyhow::bail!("usage: step_profile CONFIG [pretrain|finetune] [BATCH] [STEPS]");
     }
-    println!("encoder fwd+bwd {:.1} ms", s.elapsed().as_secs_f64() * 100.0);
+    let mut cfg = fml::config::Config::load(&args[1])?;
+    let finetune = match args.get(2).map(String::as_str) {
+        None | Some("pretrain") => false,
+        Some("finetune") => true,
+        Some(s) => anyhow::bail!("stage {s:?}: pretrain or finetune"),
+    };
+    if let Some(b) = args.get(3) {
+        cfg.train.batch = b.parse()?;
+    }
+    let steps: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let dev = Device::Cpu;
+    let model = fml::train::load_face_model(&cfg.model)?;
+    let vm = VarMap::new();
+    let net = FaceNet::new(&model, &cfg, finetune, cfg.train.backend, &vm, &dev)?;
+    let obj = Objective::new(&net, &cfg.loss, cfg.train.seed)?;
+    let edges = Edges::new(&model, &dev)?;
+    let pairs = SkinPairs::new(&model, cfg.loss.glo_partners, cfg.train.seed, &dev)?;
+    let mut groups = Vec::new();
+    for (name, v) in vm.data().lock().expect("varmap").iter() {
+        let lr = match name.as_str() {
+            GEOMETRY_CORRECTIVES => cfg.optim.lr_geometry,
+            REFLECTANCE_CORRECTIVES => cfg.optim.lr_reflectance,
+            _ => cfg.optim.lr_encoder,
+        };
+        groups.push((name.clone(), v.clone(), lr));
+    }
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut opt = fml::train::adadelta::AdaDelta::with_groups(groups, cfg.optim.rho, cfg.optim.eps)?;
+
+    let dir = tempfile_dir()?;
+    let data = dir.join("synthetic.fmlds");
+    let b = cfg.train.batch;
+    fml::data::dataset::write_synthetic(&data, (2 * b * 10).div_ceil(9) + 10, cfg.encoder.input_size as u32, 1)?;
+    let loader = fml::data::loader::Loader::new(
+        &data,
+        fml::data::loader::LoaderConfig {
+            batch_size: b,
+            shuffle: true,
+            augment: cfg.augment.clone(),
+            drop_last: true,
+            split: Some(fml::data::dataset::Split::Train),
+            ..Default::default()
+        },
+    )?;
+    let mut batches = loader.iter_from(Default::default());
+    let mut laps = Laps { t: Instant::now(), rows: Vec::new(), record: false };
+    let warmup = 2;
+    for i in 0..warmup + steps {
+        let batch = batches.next().expect("loader")?;
+        laps.record = i >= warmup;
+        laps.t = Instant::now();
+        let n = batch.len();
+        let tb = TrainBatch::from_host(batch.images, batch.landmarks, batch.confidence, n, batch.size, &dev)?;
+        laps.lap("upload");
+        // One training step, split at the encoder output so the two halves of the backward
+        // pass can be timed apart; the gradients are the same as one backward pass.
+        let y = net.encoder.forward(&tb.images)?;
+        laps.lap("encoder fwd");
+        let yv = Var::from_tensor(&y.detach())?;
+        let params = net.layout.split(yv.as_tensor())?;
+        let levels = net.model.evaluate(
+            &params.z_shape,
+            &params.z_expr,
+            &params.z_albedo,
+            params.corr_geometry.as_ref(),
+            params.corr_reflectance.as_ref(),
+        )?;
+        let pred = Prediction { params, levels };
+        laps.lap("model fwd");
+        let terms = obj.compute(&net, &pred, &tb)?;
+        laps.lap("render+loss fwd");
+        terms.values()?;
+        laps.lap("read loss");
+        let g_loss = terms.total.backward()?;
+        laps.lap("loss+render+model bwd");
+        let gy = g_loss.get(yv.as_tensor()).expect("gradient at the encoder output");
+        let g_enc = (&y * gy)?.sum_all()?.backward()?;
+        laps.lap("encoder bwd");
+        // Disjoint variable sets: two calls make one AdaDelta step.
+        opt.step(&g_enc)?;
+        if finetune {
+            opt.step(&g_loss)?;
+        }
+        laps.lap("optimiser");
+        drop((terms, g_loss, g_enc));
+        laps.lap("drop graph");
+
+        // Forward-only breakdown of the loss terms.
+        let p = &pred.params;
+        let lv = &pred.levels;
+        let k = net.intrinsics();
+        let render = |v: &Tensor, r: &Tensor| {
+            net.formation.render(&RenderInput {
+                vertices: v,
+                reflectance: r,
+                rotation: &p.rotation,
+                translation: &p.translation,
+                gamma: &p.gamma,
+                image: &tb.images_hwc,
+            })
+        };
+        laps.t = Instant::now();
+        let base = render(&lv.base_geometry, &lv.base_reflectance)?;
+        laps.lap("  fwd: render base");
+        let _ = obj.sparse.loss(&base.camera_vertices, &tb.landmarks, &tb.confidence, &k)?;
+        laps.lap("  fwd: sparse");
+        let _ = net.formation.photometric(&base)?;
+        laps.lap("  fwd: photo base");
+        if let Some(goff) = &lv.geometry_offset {
+            let (geometry, reflectance) = (lv.final_geometry()?, lv.final_reflectance()?);
+            laps.lap("  fwd: final levels");
+            let f = render(&geometry, &reflectance)?;
+            laps.lap("  fwd: render final");
+            let _ = net.formation.photometric(&f)?;
+            laps.lap("  fwd: photo final");
+            let _ = regularizers::smoothness(goff, &edges)?;
+            laps.lap("  fwd: smo");
+            let _ = regularizers::stabilisation(goff)?;
+            laps.lap("  fwd: sta");
+            let w = regularizers::chroma_weights(&f.sampled, &f.visible, &edges, cfg.loss.ref_beta)?;
+            laps.lap("  fwd: chroma weights");
+            let _ = regularizers::reflectance_sparsity(&reflectance, &w, &edges, cfg.loss.ref_p)?;
+            laps.lap("  fwd: ref");
+            let _ = regularizers::global_reflectance(&reflectance, &pairs)?;
+            laps.lap("  fwd: glo");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "ms per step: batch {:.1} predict {:.1} loss {:.1} values {:.1} backward {:.1} optim {:.1}",
-        t[0], t[1], t[2], t[3], t[4], t[5]
+        "{} {}, batch {b}, {} vertices, {steps} steps (median ms):",
+        args[1],
+        if finetune { "finetune" } else { "pretrain" },
+        model.num_vertices()
     );
+    let mut step_total = 0.0;
+    for (name, v) in &mut laps.rows {
+        let m = median(v);
+        if !name.starts_with(' ') {
+            step_total += m;
+        }
+        println!("{name:<24} {m:>9.2}");
+    }
+    println!("{:<24} {step_total:>9.2}", "step (sum)");
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let p = std::env::temp_dir().join(format!("fml-step-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
 }

@@ -7,12 +7,13 @@
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{D, DType, Device, Module, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
 
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod im2col;
+pub mod pool;
 use serde::{Deserialize, Serialize};
 
 /// One convolution: `[out_channels, kernel, stride, padding, max-pool 3x3/2 after it (0/1)]`.
@@ -240,14 +241,32 @@ impl Encoder {
     }
 }
 
-/// AlexNet's overlapping 3x3 max-pooling with stride 2, built from differentiable ops (candle's
-/// `max_pool2d` has no backward when kernel and stride differ). Max is separable, so the 3x3
+/// AlexNet's overlapping 3x3 max-pooling with stride 2 (candle's `max_pool2d` has no backward
+/// when kernel and stride differ): one custom op on a CPU ([`pool`]), the tensor formulation
+/// ([`max_pool_3x3_s2_tensor_ops`]) elsewhere; both give the same values and gradients.
+///
+/// # Shapes
+/// `[.., H, W]` -> `[.., (H - 1) / 2, (W - 1) / 2]`.
+pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        if x.rank() < 2 || x.dim(D::Minus1)? < 3 || x.dim(D::Minus2)? < 3 {
+            return Err(Error::invalid(format!(
+                "3x3/2 max-pooling needs at least 3 samples along an axis, got {:?}",
+                x.dims()
+            )));
+        }
+        return Ok(pool::max_pool_3x3_s2_cpu(x)?);
+    }
+    max_pool_3x3_s2_tensor_ops(x)
+}
+
+/// [`max_pool_3x3_s2`] built from differentiable tensor ops. Max is separable, so the 3x3
 /// window is a 3-wide pool along W, then along H; along one axis
 /// `y[i] = max(x[2i], x[2i+1], x[2i+2])` = max(pairwise max of (x[2i], x[2i+1]), x[2i+2]).
 ///
 /// # Shapes
 /// `[.., H, W]` -> `[.., (H - 1) / 2, (W - 1) / 2]`.
-pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+pub fn max_pool_3x3_s2_tensor_ops(x: &Tensor) -> Result<Tensor> {
     let x = pool_axis(x, 3)?;
     pool_axis(&x, 2)
 }

@@ -1,6 +1,7 @@
 //! The self-supervised training loss of Sec. 6 (eqs. 6-15): multi-level photometric alignment,
 //! sparse landmarks with sliding contour points, and the regularisers, each a named term.
 
+pub mod fused;
 pub mod regularizers;
 pub mod sparse;
 

@@ -1,12 +1,18 @@
 //! The regularisers of Sec. 6.2: statistical (eq. 11), corrective smoothness (eq. 12), local
 //! reflectance sparsity (eq. 13), global skin reflectance constancy (eq. 14) and stabilisation
 //! (eq. 15). Each returns the per-image value `[B]` without its weight.
+//!
+//! On a CPU the edge- and pair-based terms (eqs. 12-14) run as the fused kernels of
+//! [`super::fused`]; elsewhere (and as the tests' oracle, `*_tensor_ops`) they are written with
+//! tensor ops and candle's autograd.
 
+use super::fused::{self, PairLists, Ring};
 use crate::error::Result;
 use crate::face_model::FaceModel;
 use crate::face_model::topology::one_ring;
 use crate::rng::Rng;
 use candle_core::{D, Device, Tensor};
+use std::sync::Arc;
 
 /// Directed 1-ring edges (i, j), j in N_i, with weight 1 / |N_i|.
 #[derive(Clone, Debug)]
@@ -17,6 +23,8 @@ pub struct Edges {
     /// `[E]` f32: 1 / |N_i|
     pub inv_degree: Tensor,
     pub num_vertices: usize,
+    /// The same edges as a host CSR adjacency, for the fused CPU kernels.
+    pub ring: Arc<Ring>,
 }
 
 impl Edges {
@@ -36,6 +44,7 @@ impl Edges {
             dst: Tensor::from_vec(d, e, device)?,
             inv_degree: Tensor::from_vec(w, e, device)?,
             num_vertices: model.num_vertices(),
+            ring: Arc::new(Ring::new(&ring)),
         })
     }
 
@@ -55,6 +64,8 @@ pub struct SkinPairs {
     pub a: Tensor,
     pub b: Tensor,
     pub mask_size: usize,
+    /// The same pairs as host partner lists, for the fused CPU kernels.
+    pub lists: Arc<PairLists>,
 }
 
 impl SkinPairs {
@@ -73,7 +84,13 @@ impl SkinPairs {
             }
         }
         let n = a.len();
-        Ok(SkinPairs { a: Tensor::from_vec(a, n, device)?, b: Tensor::from_vec(b, n, device)?, mask_size: m.len() })
+        let lists = Arc::new(PairLists::new(model.num_vertices(), &a, &b));
+        Ok(SkinPairs {
+            a: Tensor::from_vec(a, n, device)?,
+            b: Tensor::from_vec(b, n, device)?,
+            mask_size: m.len(),
+            lists,
+        })
     }
 }
 
@@ -93,6 +110,14 @@ pub fn statistical(z_shape: &Tensor, z_expr: &Tensor, z_albedo: &Tensor) -> Resu
 /// # Shapes
 /// `offset`: `[B, N, 3]` -> `[B]`.
 pub fn smoothness(offset: &Tensor, edges: &Edges) -> Result<Tensor> {
+    if offset.device().is_cpu() {
+        return Ok(fused::smoothness(offset, &edges.ring)?);
+    }
+    smoothness_tensor_ops(offset, edges)
+}
+
+/// [`smoothness`] with tensor ops (other devices; the tests' oracle).
+pub fn smoothness_tensor_ops(offset: &Tensor, edges: &Edges) -> Result<Tensor> {
     let d2 = edges.diff(offset)?.sqr()?.sum(D::Minus1)?; // [B, E]
     Ok((d2.broadcast_mul(&edges.inv_degree.unsqueeze(0)?)?.sum(1)? / edges.num_vertices as f64)?)
 }
@@ -111,6 +136,14 @@ pub fn stabilisation(offset: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `sampled [B, N, 3]`, `visible [B, N]` -> `[B, E]`.
 pub fn chroma_weights(sampled: &Tensor, visible: &Tensor, edges: &Edges, beta: f32) -> Result<Tensor> {
+    if sampled.device().is_cpu() {
+        return Ok(fused::chroma_weights(sampled, visible, &edges.ring, beta)?);
+    }
+    chroma_weights_tensor_ops(sampled, visible, edges, beta)
+}
+
+/// [`chroma_weights`] with tensor ops (other devices; the tests' oracle).
+pub fn chroma_weights_tensor_ops(sampled: &Tensor, visible: &Tensor, edges: &Edges, beta: f32) -> Result<Tensor> {
     let s = sampled.detach();
     let chroma = s.broadcast_div(&(s.sum_keepdim(D::Minus1)? + 1e-6)?)?;
     let dist = (edges.diff(&chroma)?.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt()?; // [B, E]
@@ -125,6 +158,14 @@ pub fn chroma_weights(sampled: &Tensor, visible: &Tensor, edges: &Edges, beta: f
 /// # Shapes
 /// `reflectance [B, N, 3]`, `weights [B, E]` -> `[B]`.
 pub fn reflectance_sparsity(reflectance: &Tensor, weights: &Tensor, edges: &Edges, p: f32) -> Result<Tensor> {
+    if reflectance.device().is_cpu() {
+        return Ok(fused::reflectance_sparsity(reflectance, weights, &edges.ring, p)?);
+    }
+    reflectance_sparsity_tensor_ops(reflectance, weights, edges, p)
+}
+
+/// [`reflectance_sparsity`] with tensor ops (other devices; the tests' oracle).
+pub fn reflectance_sparsity_tensor_ops(reflectance: &Tensor, weights: &Tensor, edges: &Edges, p: f32) -> Result<Tensor> {
     let d2 = edges.diff(reflectance)?.sqr()?.sum(D::Minus1)?;
     let np = (d2 + 1e-8)?.powf(p as f64 / 2.0)?;
     Ok(((np * weights)?.sum(1)? / edges.num_vertices as f64)?)
@@ -135,6 +176,14 @@ pub fn reflectance_sparsity(reflectance: &Tensor, weights: &Tensor, edges: &Edge
 /// # Shapes
 /// `reflectance [B, N, 3]` -> `[B]`.
 pub fn global_reflectance(reflectance: &Tensor, pairs: &SkinPairs) -> Result<Tensor> {
+    if reflectance.device().is_cpu() {
+        return Ok(fused::global_reflectance(reflectance, &pairs.lists, pairs.mask_size)?);
+    }
+    global_reflectance_tensor_ops(reflectance, pairs)
+}
+
+/// [`global_reflectance`] with tensor ops (other devices; the tests' oracle).
+pub fn global_reflectance_tensor_ops(reflectance: &Tensor, pairs: &SkinPairs) -> Result<Tensor> {
     let d = (reflectance.index_select(&pairs.a, 1)? - reflectance.index_select(&pairs.b, 1)?)?;
     Ok((d.sqr()?.sum(D::Minus1)?.sum(1)? / pairs.mask_size.max(1) as f64)?)
 }
