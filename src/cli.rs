@@ -11,6 +11,11 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Point order of .land files that are neither 68 (iBUG) nor 66 (tracker) points, e.g.
+    /// FaceWarehouse's 74: a text file with the scheme's point count, then one line per iBUG
+    /// point holding its 0-based index in the file or "-" (format: `fml::data::LandMap`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub land_map: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +69,10 @@ pub struct EvalArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Let f32 matrix products on CUDA use TF32 tensor cores: faster, at an accuracy cost not
+    /// measured for fml. No effect on the CPU.
+    #[arg(long)]
+    pub tf32: bool,
     /// Faces per network batch.
     #[arg(long, default_value_t = fml::infer::eval::EvalConfig::default().batch)]
     pub batch: usize,
@@ -107,6 +116,10 @@ pub struct BenchArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Let f32 matrix products on CUDA use TF32 tensor cores: faster, at an accuracy cost not
+    /// measured for fml. No effect on the CPU.
+    #[arg(long)]
+    pub tf32: bool,
     /// Write the measurements as JSON (with `all`: one object per part).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -191,6 +204,10 @@ pub struct ReconstructArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Let f32 matrix products on CUDA use TF32 tensor cores: faster, at an accuracy cost not
+    /// measured for fml. No effect on the CPU.
+    #[arg(long)]
+    pub tf32: bool,
     /// Frame of the mesh vertices: model (the unposed face) or camera (R v + t).
     #[arg(long, value_enum, default_value_t = fml::infer::Frame::Model)]
     pub frame: fml::infer::Frame,
@@ -258,28 +275,33 @@ pub struct DemoArgs {
     /// A trained run to use instead of the built-in default network.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Seed of the synthetic face.
+    /// Seed of the synthetic faces.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Synthetic faces to reconstruct and measure (the outputs are written for the first).
+    #[arg(long, default_value_t = 16)]
+    pub faces: usize,
 }
 
 fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
-    let r = fml::demo::run_demo(&a.output, a.checkpoint.as_deref(), a.seed)?;
+    let r = fml::demo::run_demo(&a.output, a.checkpoint.as_deref(), a.seed, a.faces)?;
     println!(
         "{}
 ",
         r.model_summary
     );
-    println!("input (synthetic, with ground truth): {}", r.image.display());
+    println!("input (synthetic, with ground truth): {} (first of {})", r.image.display(), r.faces);
     println!("network:                              {}", r.run.display());
     println!("reconstruction:                       {}", r.mesh.display());
     println!("overlay:                              {}", r.overlay.display());
     println!("parameters:                           {}", r.params.display());
-    println!("\ngeometric error against the ground truth (point-to-surface after similarity alignment):");
-    println!("  mean face   {:.2} mm", r.error_mean_face_mm);
-    println!("  base level  {:.2} mm", r.error_base_mm);
+    println!("\ngeometric error against the ground truth after similarity alignment, mean of {} faces:", r.faces);
+    let [vb, vf, vm] = r.vertex_error_mm;
+    println!("               point-to-surface   per vertex (same topology)");
+    println!("  mean face    {:>8.2} mm        {vm:>8.2} mm", r.error_mean_face_mm);
+    println!("  base level   {:>8.2} mm        {vb:>8.2} mm", r.error_base_mm);
     if let Some(f) = r.error_final_mm {
-        println!("  final level {f:.2} mm");
+        println!("  final level  {f:>8.2} mm        {vf:>8.2} mm");
     }
     Ok(())
 }
@@ -306,6 +328,10 @@ pub struct RunArgs {
     /// Override train.device (cpu, cuda, auto).
     #[arg(long)]
     pub device: Option<String>,
+    /// Set train.tf32: f32 matrix products on CUDA in TF32 (faster, accuracy cost not measured
+    /// for fml; no effect on the CPU).
+    #[arg(long)]
+    pub tf32: bool,
     /// Stop (with a checkpoint) after this many steps in all, to continue later with --resume.
     #[arg(long, value_name = "STEP")]
     pub stop_at: Option<u64>,
@@ -342,6 +368,9 @@ impl RunArgs {
         }
         if let Some(d) = &self.device {
             config.train.device = d.clone();
+        }
+        if self.tf32 {
+            config.train.tf32 = true;
         }
         let out = match &self.out {
             Some(o) => o.clone(),
@@ -674,6 +703,9 @@ impl Truncate {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(p) = &cli.land_map {
+        fml::data::landmarks::set_land_map(Some(fml::data::LandMap::read(p)?));
+    }
     match cli.command {
         Command::Demo(a) => run_demo(a),
         Command::Model(cmd) => run_model(cmd),
@@ -692,11 +724,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Apply `--tf32` for a command running on `device`; returns whether TF32 is in effect.
+fn apply_tf32(device: &candle_core::Device, requested: bool) -> bool {
+    let active = fml::kernel::set_tf32(device, requested);
+    if requested && !active {
+        eprintln!("{}", fml::kernel::TF32_CPU_NOTE);
+    }
+    active
+}
+
 fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
     use fml::infer::{Extra, OverlayConfig, ReconstructOptions, Reconstructor};
     let req = a.request();
     let plan = fml::infer::batch::plan(&req)?;
     let device = fml::train::select_device(&a.device)?;
+    apply_tf32(&device, a.tf32);
     let trained = fml::infer::load_run(&fml::infer::resolve_run(a.checkpoint.as_deref())?, &device)?;
     let opts = ReconstructOptions {
         level: a.level,
@@ -797,6 +839,7 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
 fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     use fml::infer::eval::{EvalConfig, evaluate_facewarehouse};
     let device = fml::train::select_device(&a.device)?;
+    apply_tf32(&device, a.tf32);
     let run = fml::infer::resolve_run(a.checkpoint.as_deref())?;
     let trained = fml::infer::load_run(&run, &device)?;
     let cfg = EvalConfig {
@@ -824,10 +867,25 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A bench JSON object with the precision it ran at (`"tf32": bool`), so that results from runs
+/// with and without `--tf32` cannot be confused.
+fn with_tf32(mut v: serde_json::Value, tf32: bool) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("tf32".into(), tf32.into());
+    }
+    v
+}
+
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     use fml::bench;
     let device = fml::train::select_device(&a.device)?;
-    println!("device: {}, {} CPU threads (rayon)", bench::device_name(&device), rayon::current_num_threads());
+    let tf32 = apply_tf32(&device, a.tf32);
+    println!(
+        "device: {}{}, {} CPU threads (rayon)",
+        bench::device_name(&device),
+        if tf32 { " (TF32 matmuls)" } else { "" },
+        rayon::current_num_threads()
+    );
     let mut json = serde_json::Map::new();
     let all = a.what == BenchWhat::All;
     let config_label = |p: &PathBuf| p.display().to_string();
@@ -854,7 +912,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         }
         let r = bench::bench_infer(&net, &label, &cfg)?;
         print!("{}", r.table());
-        json.insert("infer".into(), serde_json::to_value(&r)?);
+        json.insert("infer".into(), with_tf32(serde_json::to_value(&r)?, tf32));
     }
     if matches!(a.what, BenchWhat::Render | BenchWhat::All) {
         let cfg = bench::RenderBenchConfig {
@@ -884,7 +942,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             let r = bench::bench_render(&device, &bench::RenderBenchConfig { backend, ..small.clone() })?;
             println!("{}", r.line());
         }
-        json.insert("render".into(), serde_json::to_value(&r)?);
+        json.insert("render".into(), with_tf32(serde_json::to_value(&r)?, tf32));
     }
     if matches!(a.what, BenchWhat::Train | BenchWhat::All) {
         let (mut cfg, label) = match &a.config {
@@ -892,15 +950,16 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             None => (fml::config::Config::default(), "default".to_string()),
         };
         cfg.train.device = a.device.clone();
+        cfg.train.tf32 = tf32;
         let tb = bench::TrainBenchConfig { stage: a.stage, batch: a.batch, steps: a.steps, warmup: a.warmup };
         let r = bench::bench_train(&cfg, &label, &device, &tb)?;
         println!("{}", r.line());
-        json.insert("train".into(), serde_json::to_value(&r)?);
+        json.insert("train".into(), with_tf32(serde_json::to_value(&r)?, tf32));
     }
     if matches!(a.what, BenchWhat::Loader | BenchWhat::All) {
         let r = bench::bench_loader(a.data.as_deref(), a.batch.unwrap_or(32), a.size, 512)?;
         println!("{}", r.line());
-        json.insert("loader".into(), serde_json::to_value(&r)?);
+        json.insert("loader".into(), with_tf32(serde_json::to_value(&r)?, tf32));
     }
     if let Some(path) = &a.json {
         let value = if all {

@@ -191,6 +191,16 @@ pub struct TrainConfig {
     pub backend: Backend,
     /// Learn the correctives (finetuning, Sec. 7) or the base level only (pretraining).
     pub correctives: bool,
+    /// Let f32 matrix products on CUDA run in TF32 (`crate::kernel::set_tf32`): faster, at an
+    /// accuracy cost not measured for fml. No effect on the CPU. Written into a run's
+    /// config.toml only when on, so configs of runs without it stay readable by builds and tools
+    /// (benches/peer) that do not know the key.
+    #[serde(skip_serializing_if = "is_false")]
+    pub tf32: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for TrainConfig {
@@ -205,6 +215,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             backend: Backend::Fast,
             correctives: false,
+            tf32: false,
         }
     }
 }
@@ -288,5 +299,17 @@ mod tests {
         assert!(e.contains("bad.toml") && e.contains("batchsize"), "{e}");
         std::fs::write(&p, "[train]\nbatch = 0\n").unwrap();
         assert!(Config::load(&p).unwrap_err().to_string().contains("batch"));
+    }
+
+    #[test]
+    fn tf32_is_written_only_when_on() {
+        let mut cfg = Config::default();
+        assert!(!cfg.to_toml().contains("tf32"), "an off flag stays out of run configs");
+        cfg.train.tf32 = true;
+        let text = cfg.to_toml();
+        assert!(text.contains("tf32 = true"), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), cfg);
+        // On the CPU the switch is a no-op that reports itself as not in effect.
+        assert!(!crate::kernel::set_tf32(&candle_core::Device::Cpu, true));
     }
 }

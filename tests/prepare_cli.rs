@@ -83,3 +83,49 @@ fn prepare_fails_only_when_nothing_is_usable() {
         .failure()
         .stderr(contains("val-fraction"));
 }
+
+/// FaceWarehouse-style 74-point `.land` files: refused with a pointer to `--land-map` without a
+/// mapping, read through it with one (same crop and landmarks as the equivalent `.pts`).
+#[test]
+fn prepare_reads_other_land_schemes_through_a_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("pts"), dir.path().join("land"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    face(&a, "f.png", 55.0);
+    std::fs::copy(a.join("f.png"), b.join("f.png")).unwrap();
+    let lm = fml::data::read_pts(a.join("f.pts")).unwrap();
+    // The file holds the 68 points in reverse order, then 6 points of its own.
+    let mut text = String::from("74\n");
+    for k in (0..68).rev() {
+        text += &format!("{} {}\n", lm.points[k][0], lm.points[k][1]);
+    }
+    for k in 0..6 {
+        text += &format!("{} 5\n", 10 + k);
+    }
+    std::fs::write(b.join("f.land"), text).unwrap();
+    let map: String = std::iter::once("74\n".to_string()).chain((0..68).map(|k| format!("{}\n", 67 - k))).collect();
+    let map_path = dir.path().join("fw74.map");
+    std::fs::write(&map_path, map).unwrap();
+
+    let out = dir.path().join("d.fmlds");
+    fml().arg("prepare").arg(&b).arg("-o").arg(&out).assert().failure().stderr(contains("--land-map"));
+    fml().arg("prepare").arg(&b).arg("-q").arg("--land-map").arg(&map_path).arg("-o").arg(&out).assert().success();
+    let want = dir.path().join("w.fmlds");
+    fml().arg("prepare").arg(&a).arg("-q").arg("-o").arg(&want).assert().success();
+    let (got, want) = (Dataset::open(&out).unwrap().read(0).unwrap(), Dataset::open(&want).unwrap().read(0).unwrap());
+    assert_eq!(got.landmarks, want.landmarks);
+    assert_eq!(got.image, want.image);
+    // A broken mapping is an error naming its file, before any work.
+    std::fs::write(&map_path, "74\n1\n").unwrap();
+    fml()
+        .arg("prepare")
+        .arg(&b)
+        .arg("--land-map")
+        .arg(&map_path)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(contains("fw74.map"));
+}

@@ -124,18 +124,116 @@ fn parse_point_lines(lines: &[(usize, &str)], path: &Path) -> Result<(Vec<[f32; 
 fn check_count(n: usize, path: &Path, line: usize) -> Result<()> {
     match n {
         66 | 68 => Ok(()),
-        // FaceWarehouse's own annotation scheme; its point order is not iBUG's and we have no
-        // verified correspondence, so it is refused instead of being mapped wrongly. The paper
+        // Other schemes (FaceWarehouse's 74 points among them) are read only through a user's
+        // point-order mapping ([`LandMap`], `--land-map`): we have no verified correspondence of
+        // FaceWarehouse's order to iBUG's, so we refuse rather than map wrongly. The paper
         // re-detects 66 landmarks with [53] on every data set, FaceWarehouse included.
-        74 => Err(Error::format(
+        _ => Err(Error::format(
             path,
             format!(
-                "line {line}: 74 landmarks (FaceWarehouse's own scheme) are not supported: \
-                 re-detect 68 (iBUG) or 66 (tracker) landmarks"
+                "line {line}: {n} landmarks: expected 68 (iBUG) or 66 (tracker scheme); for another scheme \
+                 (e.g. FaceWarehouse's 74 points) give its order with --land-map FILE (see `fml prepare --help`)"
             ),
         )),
-        _ => Err(Error::format(path, format!("line {line}: {n} landmarks: expected 68 (iBUG) or 66 (tracker scheme)"))),
     }
+}
+
+/// A point-order mapping from another landmark scheme (e.g. FaceWarehouse's 74 points) to
+/// iBUG-68, for `.land` files with that many points.
+///
+/// File format (text; blank lines and `#` comments ignored): first the scheme's point count,
+/// then 68 lines, one per iBUG point in iBUG order, each the 0-based index of that point in the
+/// `.land` file, or `-` when the scheme has no such point (it gets confidence 0).
+///
+/// ```text
+/// 74
+/// 0    # iBUG 0: right jaw end
+/// -    # iBUG 1: not in this scheme
+/// ...
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct LandMap {
+    /// Points in a file of this scheme.
+    pub count: usize,
+    /// For each iBUG-68 point, its index in the file (None = absent).
+    pub to_ibug: [Option<usize>; N_LANDMARKS],
+}
+
+impl LandMap {
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Self::parse(&read_text(path)?, path)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self> {
+        let lines: Vec<(usize, &str)> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.split('#').next().unwrap_or("").trim()))
+            .filter(|(_, l)| !l.is_empty())
+            .collect();
+        let Some(&(ln0, first)) = lines.first() else {
+            return Err(Error::format(path, "empty landmark mapping (expected a point count, then 68 lines)"));
+        };
+        let count: usize = first
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::format(path, format!("line {ln0}: {first:?} is not a point count")))?;
+        if lines.len() != 1 + N_LANDMARKS {
+            return Err(Error::format(
+                path,
+                format!("{} mapping lines after the count: expected one per iBUG point (68)", lines.len() - 1),
+            ));
+        }
+        let mut to_ibug = [None; N_LANDMARKS];
+        let mut used = vec![false; count];
+        for (k, &(ln, tok)) in lines[1..].iter().enumerate() {
+            if tok == "-" {
+                continue;
+            }
+            let i: usize = tok.parse().map_err(|_| {
+                Error::format(path, format!("line {ln}: {tok:?} is neither a 0-based point index nor \"-\""))
+            })?;
+            if i >= count {
+                return Err(Error::format(path, format!("line {ln}: index {i} out of range for {count} points")));
+            }
+            if std::mem::replace(&mut used[i], true) {
+                return Err(Error::format(path, format!("line {ln}: point {i} is mapped twice")));
+            }
+            to_ibug[k] = Some(i);
+        }
+        if to_ibug.iter().all(Option::is_none) {
+            return Err(Error::format(path, "the mapping maps no point"));
+        }
+        Ok(LandMap { count, to_ibug })
+    }
+
+    /// iBUG-68 landmarks from the points (and confidences) of a file of this scheme.
+    fn apply(&self, points: &[[f32; 2]], conf: Option<&[f32]>) -> Landmarks68 {
+        let mut out = Landmarks68 { points: [[0.0; 2]; N_LANDMARKS], confidence: [0.0; N_LANDMARKS] };
+        for (k, src) in self.to_ibug.iter().enumerate() {
+            if let Some(i) = *src {
+                out.points[k] = points[i];
+                out.confidence[k] = conf.map_or(1.0, |c| c[i]);
+            }
+        }
+        out
+    }
+}
+
+/// The process-wide mapping used by [`read_land`] for files that are neither 66 nor 68 points
+/// (set once by the CLI's `--land-map`; a global because every command that reads landmark
+/// files — prepare, reconstruct, eval — reads them the same way).
+static LAND_MAP: std::sync::RwLock<Option<std::sync::Arc<LandMap>>> = std::sync::RwLock::new(None);
+
+/// Set (or clear) the mapping [`read_land`] applies to files of `map.count` points.
+pub fn set_land_map(map: Option<LandMap>) {
+    *LAND_MAP.write().unwrap_or_else(|e| e.into_inner()) = map.map(std::sync::Arc::new);
+}
+
+fn land_map() -> Option<std::sync::Arc<LandMap>> {
+    LAND_MAP.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Read an iBUG `.pts` file:
@@ -231,17 +329,19 @@ pub fn write_pts(path: impl AsRef<Path>, lm: &Landmarks68) -> Result<()> {
 
 /// Read a `.land` file: one "x y" point per line, optionally preceded by a line holding only
 /// the point count. Blank lines and lines starting with `#` are ignored. 66 or 68 points are
-/// accepted; FaceWarehouse's native 74-point annotation is refused with a clear message (its
-/// order is not iBUG's). As with `.pts`, a third confidence column is accepted on every line.
+/// read directly; files of another scheme (FaceWarehouse's native 74 points) only through the
+/// mapping set with [`set_land_map`] (`--land-map`), and are refused with a clear message
+/// otherwise (their order is not iBUG's). As with `.pts`, a third confidence column is accepted
+/// on every line.
 ///
 /// Coordinates are read as top-left-origin pixels; files measured from the bottom edge are
 /// handled by `PrepareConfig::land_y_up` at crop time (it needs the image height).
 pub fn read_land(path: impl AsRef<Path>) -> Result<Landmarks68> {
     let path = path.as_ref();
-    parse_land(&read_text(path)?, path)
+    parse_land(&read_text(path)?, path, land_map().as_deref())
 }
 
-fn parse_land(text: &str, path: &Path) -> Result<Landmarks68> {
+fn parse_land(text: &str, path: &Path, map: Option<&LandMap>) -> Result<Landmarks68> {
     let mut lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
@@ -251,20 +351,29 @@ fn parse_land(text: &str, path: &Path) -> Result<Landmarks68> {
     if lines.is_empty() {
         return Err(Error::format(path, "no landmarks (empty file)"));
     }
+    let mapped = |n: usize| map.filter(|m| m.count == n && n != 66 && n != 68);
     let first = lines[0];
     if first.1.split_whitespace().count() == 1 {
         let n: usize = first.1.parse().map_err(|_| {
             Error::format(path, format!("line {}: {:?} is neither a point count nor \"x y\"", first.0, first.1))
         })?;
-        check_count(n, path, first.0)?;
+        if mapped(n).is_none() {
+            check_count(n, path, first.0)?;
+        }
         lines.remove(0);
         if lines.len() != n {
             return Err(Error::format(path, format!("{} point lines but line {} says {n}", lines.len(), first.0)));
         }
-    } else {
+    } else if mapped(lines.len()).is_none() {
         check_count(lines.len(), path, lines.last().map_or(0, |l| l.0))?;
     }
     let (pts, conf) = parse_point_lines(&lines, path)?;
+    if let Some(m) = mapped(pts.len()) {
+        if let Some(i) = pts.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
+            return Err(Error::format(path, format!("landmark {i} is not finite: ({}, {})", pts[i][0], pts[i][1])));
+        }
+        return Ok(m.apply(&pts, conf.as_deref()));
+    }
     Landmarks68::from_points(&pts, conf.as_deref(), path, "")
 }
 
@@ -522,22 +631,62 @@ mod tests {
     fn land_with_and_without_count() {
         let p = Path::new("f.land");
         let body: String = sample_points(68).iter().map(|q| format!("{} {}\n", q[0], q[1])).collect();
-        let a = parse_land(&body, p).unwrap();
-        let b = parse_land(&format!("68\n{body}"), p).unwrap();
+        let a = parse_land(&body, p, None).unwrap();
+        let b = parse_land(&format!("68\n{body}"), p, None).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.points[0], [10.0, 20.5]);
-        let e = err_text(parse_land(&format!("67\n{body}"), p));
+        let e = err_text(parse_land(&format!("67\n{body}"), p, None));
         assert!(e.contains("line 1") && e.contains("67 landmarks"), "{e}");
-        let e = err_text(parse_land(&format!("66\n{body}"), p));
+        let e = err_text(parse_land(&format!("66\n{body}"), p, None));
         assert!(e.contains("68 point lines but line 1 says 66"), "{e}");
         let fw: String = sample_points(74).iter().map(|q| format!("{} {}\n", q[0], q[1])).collect();
-        let e = err_text(parse_land(&format!("74\n{fw}"), p));
-        assert!(e.contains("FaceWarehouse"), "{e}");
-        let e = err_text(parse_land(&body.replace("11 20.75", "11 nan"), p));
+        let e = err_text(parse_land(&format!("74\n{fw}"), p, None));
+        assert!(e.contains("FaceWarehouse") && e.contains("--land-map"), "{e}");
+        let e = err_text(parse_land(&body.replace("11 20.75", "11 nan"), p, None));
         assert!(e.contains("line 2") && e.contains("not finite"), "{e}");
-        assert!(err_text(parse_land("\n\n", p)).contains("empty"));
-        let e = err_text(parse_land(&body.replace("11 20.75", "11,20.75"), p));
+        assert!(err_text(parse_land("\n\n", p, None)).contains("empty"));
+        let e = err_text(parse_land(&body.replace("11 20.75", "11,20.75"), p, None));
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    /// A 74-point file read through a mapping: iBUG point k takes file point map[k], unmapped
+    /// points get confidence 0; 68-point files ignore the mapping; bad mappings name the line.
+    #[test]
+    fn land_through_a_mapping() {
+        let p = Path::new("f.land");
+        let m = Path::new("fw.map");
+        // iBUG k <- file point 73 - k for k < 60, the rest absent.
+        let mut text = String::from("# test scheme\n74\n");
+        for k in 0..68 {
+            text += &if k < 60 { format!("{}  # iBUG {k}\n", 73 - k) } else { "-\n".into() };
+        }
+        let map = LandMap::parse(&text, m).unwrap();
+        let fw = sample_points(74);
+        let body: String = fw.iter().map(|q| format!("{} {}\n", q[0], q[1])).collect();
+        let lm = parse_land(&format!("74\n{body}"), p, Some(&map)).unwrap();
+        assert_eq!(lm, parse_land(&body, p, Some(&map)).unwrap());
+        for k in 0..68 {
+            if k < 60 {
+                assert_eq!((lm.points[k], lm.confidence[k]), (fw[73 - k], 1.0), "point {k}");
+            } else {
+                assert_eq!(lm.confidence[k], 0.0, "point {k}");
+            }
+        }
+        let b68: String = sample_points(68).iter().map(|q| format!("{} {}\n", q[0], q[1])).collect();
+        assert_eq!(parse_land(&b68, p, Some(&map)).unwrap(), parse_land(&b68, p, None).unwrap());
+        // A 74-point file with a NaN is still an error.
+        let bad = body.replacen(&format!("{} {}", fw[3][0], fw[3][1]), "nan 1", 1);
+        assert!(err_text(parse_land(&bad, p, Some(&map))).contains("not finite"));
+
+        let e = err_text(LandMap::parse(&text.replace("73  # iBUG 0", "74"), m));
+        assert!(e.contains("fw.map") && e.contains("line 3") && e.contains("out of range"), "{e}");
+        let e = err_text(LandMap::parse(&text.replace("72  # iBUG 1", "73"), m));
+        assert!(e.contains("line 4") && e.contains("mapped twice"), "{e}");
+        let e = err_text(LandMap::parse(&text.replace("72  # iBUG 1", "x"), m));
+        assert!(e.contains("line 4"), "{e}");
+        let e = err_text(LandMap::parse("74\n0\n", m));
+        assert!(e.contains("68"), "{e}");
+        assert!(err_text(LandMap::parse("", m)).contains("empty"));
     }
 
     fn csv_row(image: &str, pts: &[[f32; 2]], conf: Option<&[f32]>) -> String {

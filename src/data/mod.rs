@@ -16,6 +16,6 @@ pub mod prepare;
 
 pub use augment::Augment;
 pub use dataset::{Dataset, Split};
-pub use landmarks::{Landmarks68, read_land, read_landmark_file, read_manifest, read_pts, write_pts};
+pub use landmarks::{LandMap, Landmarks68, read_land, read_landmark_file, read_manifest, read_pts, write_pts};
 pub use loader::{Batch, BatchIter, Loader, LoaderConfig, Position, bench_loader};
 pub use prepare::{PrepareConfig, PrepareReport, SkipReason, prepare};

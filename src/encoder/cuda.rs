@@ -19,7 +19,7 @@ pub(crate) fn unfold(p: &ConvParams, s: &CudaStorage, l: &Layout) -> Result<Cuda
     let f = dev.get_or_load_custom_func("fml_unfold", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&x).arg(&out);
-    unsafe { b.launch(linear(rows * cols)) }.w()?;
+    unsafe { b.launch(linear(rows * cols)?) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
 
@@ -34,6 +34,6 @@ pub(crate) fn fold(p: &ConvParams, grad: &Tensor, shape: (usize, usize, usize, u
     let f = dev.get_or_load_custom_func("fml_fold", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&gv).arg(&out);
-    unsafe { b.launch(linear(total)) }.w()?;
+    unsafe { b.launch(linear(total)?) }.w()?;
     Ok(to_tensor(out, dev, shape))
 }

@@ -213,7 +213,10 @@ mod tests {
             let g2 = (&theirs * &gy).unwrap().sum_all().unwrap().backward().unwrap();
             let (a, b) = (g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
             // Compared as values: the tensor path adds zeros (turning -0 into +0).
-            let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (a, b) = (
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
             assert_eq!(a, b, "backward {h}x{w}");
             assert!(a.iter().any(|&v| v != 0.0));
         }

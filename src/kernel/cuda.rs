@@ -6,15 +6,23 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfi
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, bail};
 
-/// Threads per block of the element-wise kernels.
+/// Threads per block of every kernel. `kernels/render.cu` sizes its shared reduction buffers with
+/// the same number (`#define BLOCK 256`) and its tree reductions assume a power of two: change
+/// both together.
 pub(crate) const BLOCK: u32 = 256;
 
-pub(crate) fn linear(total: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((total as u32).div_ceil(BLOCK).max(1), 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
+/// One thread per element over a 1-D grid.
+///
+/// The block count is computed in `usize`: casting `total` to u32 first (as this did before)
+/// silently launched too few blocks past 2^32 elements, e.g. the 2400 x B*784 column matrix of
+/// AlexNet's conv2 at B >= 2283 (a size `fml bench infer`'s batch sweep reaches on an 80 GB GPU),
+/// which left most of the output at zero. Grids beyond CUDA's 2^31 - 1 blocks are an error.
+pub(crate) fn linear(total: usize) -> Result<LaunchConfig> {
+    let blocks = total.div_ceil(BLOCK as usize).max(1);
+    if blocks > i32::MAX as usize {
+        bail!("a kernel over {total} elements needs {blocks} blocks, more than CUDA's 2^31 - 1");
     }
+    Ok(LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
 
 pub(crate) fn view<'a, T: candle_core::cuda_backend::CudaDType>(

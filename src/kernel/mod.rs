@@ -6,6 +6,27 @@ pub(crate) mod cuda;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Shape, Storage, Tensor, WithDType};
 
+/// Let f32 matrix products on CUDA use TF32 tensor cores (config `train.tf32`, `--tf32`).
+///
+/// TF32 rounds the inputs of every cuBLAS f32 product (the encoder's convolutions, which run as
+/// im2col + matmul, and its fully connected layers) to a 10-bit mantissa (about 3 significant
+/// digits) and accumulates in f32; on an H100 that is up to 8x the f32 matmul rate. What it does
+/// to fml's training and reconstruction accuracy has NOT been measured; it is off by default,
+/// as in candle and PyTorch. Our own kernels (renderer, im2col) always compute in full f32.
+/// candle keeps the setting in a process-wide flag, so this affects every CUDA device.
+///
+/// Returns whether TF32 is now in effect: never on the CPU, where this is a no-op (callers print
+/// a note when it was asked for there).
+pub fn set_tf32(device: &Device, on: bool) -> bool {
+    let active = on && device.is_cuda();
+    // Without feature `cuda`, candle_core::cuda is candle's stub backend and this does nothing.
+    candle_core::cuda::set_gemm_reduced_precision_f32(active);
+    active
+}
+
+/// The note printed when TF32 is requested on the CPU.
+pub const TF32_CPU_NOTE: &str = "note: TF32 (--tf32 / train.tf32) only applies to CUDA; on the CPU it has no effect";
+
 /// Scalar type of the CPU twins.
 pub trait Real: WithDType + num_traits::Float {}
 impl Real for f32 {}

@@ -214,7 +214,11 @@ impl CustomOp1 for SmoothnessOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, _) = dims_bn3(l, self.ring.num_vertices(), "smoothness")?;
-        let out = float_dispatch!(s, "smoothness", |T| smoothness_fwd_cpu::<T>(&self.ring, b, cpu_slice(s, l, "smoothness")?));
+        let out = float_dispatch!(s, "smoothness", |T| smoothness_fwd_cpu::<T>(
+            &self.ring,
+            b,
+            cpu_slice(s, l, "smoothness")?
+        ));
         Ok((out, Shape::from(b)))
     }
 
@@ -223,10 +227,14 @@ impl CustomOp1 for SmoothnessOp {
         let grad = grad.contiguous()?;
         let out = match arg.dtype() {
             DType::F32 => with_cpu::<f32, _>(arg, "smoothness", |x| {
-                with_cpu::<f32, _>(&grad, "smoothness", |g| cpu_tensor(smoothness_bwd_cpu(&self.ring, b, x, g), (b, n, 3)))
+                with_cpu::<f32, _>(&grad, "smoothness", |g| {
+                    cpu_tensor(smoothness_bwd_cpu(&self.ring, b, x, g), (b, n, 3))
+                })
             })?,
             _ => with_cpu::<f64, _>(arg, "smoothness", |x| {
-                with_cpu::<f64, _>(&grad, "smoothness", |g| cpu_tensor(smoothness_bwd_cpu(&self.ring, b, x, g), (b, n, 3)))
+                with_cpu::<f64, _>(&grad, "smoothness", |g| {
+                    cpu_tensor(smoothness_bwd_cpu(&self.ring, b, x, g), (b, n, 3))
+                })
             })?,
         };
         Ok(Some(out))
@@ -311,17 +319,26 @@ pub fn chroma_weights_cpu<T: Real>(ring: &Ring, b: usize, sampled: &[T], visible
 pub fn chroma_weights(sampled: &Tensor, visible: &Tensor, ring: &Ring, beta: f32) -> candle_core::Result<Tensor> {
     let (b, n, _) = sampled.dims3()?;
     if n != ring.num_vertices() || visible.dims() != [b, n] {
-        candle_core::bail!("chroma weights: sampled {:?} / visible {:?} for {} vertices", sampled.dims(), visible.dims(), ring.num_vertices());
+        candle_core::bail!(
+            "chroma weights: sampled {:?} / visible {:?} for {} vertices",
+            sampled.dims(),
+            visible.dims(),
+            ring.num_vertices()
+        );
     }
     let sampled = sampled.detach().contiguous()?;
     let visible = visible.detach().to_dtype(sampled.dtype())?.contiguous()?;
     let shape = (b, ring.num_edges());
     match sampled.dtype() {
         DType::F32 => with_cpu::<f32, _>(&sampled, "chroma weights", |s| {
-            with_cpu::<f32, _>(&visible, "chroma weights", |v| cpu_tensor(chroma_weights_cpu(ring, b, s, v, beta as f64), shape))
+            with_cpu::<f32, _>(&visible, "chroma weights", |v| {
+                cpu_tensor(chroma_weights_cpu(ring, b, s, v, beta as f64), shape)
+            })
         }),
         DType::F64 => with_cpu::<f64, _>(&sampled, "chroma weights", |s| {
-            with_cpu::<f64, _>(&visible, "chroma weights", |v| cpu_tensor(chroma_weights_cpu(ring, b, s, v, beta as f64), shape))
+            with_cpu::<f64, _>(&visible, "chroma weights", |v| {
+                cpu_tensor(chroma_weights_cpu(ring, b, s, v, beta as f64), shape)
+            })
         }),
         d => candle_core::bail!("chroma weights: expected f32 or f64, got {d:?}"),
     }
@@ -415,7 +432,11 @@ impl CustomOp2 for RefSparsityOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, _) = dims_bn3(l1, self.ring.num_vertices(), "reflectance sparsity")?;
         if l2.shape().dims() != [b, self.ring.num_edges()] {
-            candle_core::bail!("reflectance sparsity: weights {:?}, expected [{b}, {}]", l2.shape().dims(), self.ring.num_edges());
+            candle_core::bail!(
+                "reflectance sparsity: weights {:?}, expected [{b}, {}]",
+                l2.shape().dims(),
+                self.ring.num_edges()
+            );
         }
         macro_rules! run {
             ($t:ty, $variant:path) => {{
@@ -472,7 +493,12 @@ impl CustomOp2 for RefSparsityOp {
 ///
 /// # Shapes
 /// `reflectance [B, N, 3]`, `weights [B, E]` -> `[B]`.
-pub fn reflectance_sparsity(reflectance: &Tensor, weights: &Tensor, ring: &Arc<Ring>, p: f32) -> candle_core::Result<Tensor> {
+pub fn reflectance_sparsity(
+    reflectance: &Tensor,
+    weights: &Tensor,
+    ring: &Arc<Ring>,
+    p: f32,
+) -> candle_core::Result<Tensor> {
     let w = weights.detach().to_dtype(reflectance.dtype())?.contiguous()?;
     reflectance.contiguous()?.apply_op2(&w, RefSparsityOp { ring: ring.clone(), p: p as f64, coef: Mutex::new(None) })
 }
@@ -485,9 +511,8 @@ pub fn global_fwd_cpu<T: Real>(pairs: &PairLists, b: usize, n: usize, r: &[T], m
     let np = pairs.a.len();
     let sums = block_sums(b, np, |bi, range| {
         let base = bi * n;
-        range.fold(T::zero(), |s, k| {
-            s + dist2(load(r, base + pairs.a[k] as usize), load(r, base + pairs.b[k] as usize))
-        })
+        range
+            .fold(T::zero(), |s, k| s + dist2(load(r, base + pairs.a[k] as usize), load(r, base + pairs.b[k] as usize)))
     });
     let m = T::from_f64(mask_size.max(1) as f64);
     sums.into_iter().map(|s| s / m).collect()
@@ -558,7 +583,11 @@ impl CustomOp1 for GlobalOp {
 ///
 /// # Shapes
 /// `reflectance`: `[B, N, 3]` -> `[B]`.
-pub fn global_reflectance(reflectance: &Tensor, pairs: &Arc<PairLists>, mask_size: usize) -> candle_core::Result<Tensor> {
+pub fn global_reflectance(
+    reflectance: &Tensor,
+    pairs: &Arc<PairLists>,
+    mask_size: usize,
+) -> candle_core::Result<Tensor> {
     reflectance.contiguous()?.apply_op1(GlobalOp { pairs: pairs.clone(), mask_size })
 }
 

@@ -165,7 +165,12 @@ pub fn reflectance_sparsity(reflectance: &Tensor, weights: &Tensor, edges: &Edge
 }
 
 /// [`reflectance_sparsity`] with tensor ops (other devices; the tests' oracle).
-pub fn reflectance_sparsity_tensor_ops(reflectance: &Tensor, weights: &Tensor, edges: &Edges, p: f32) -> Result<Tensor> {
+pub fn reflectance_sparsity_tensor_ops(
+    reflectance: &Tensor,
+    weights: &Tensor,
+    edges: &Edges,
+    p: f32,
+) -> Result<Tensor> {
     let d2 = edges.diff(reflectance)?.sqr()?.sum(D::Minus1)?;
     let np = (d2 + 1e-8)?.powf(p as f64 / 2.0)?;
     Ok(((np * weights)?.sum(1)? / edges.num_vertices as f64)?)

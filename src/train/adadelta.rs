@@ -244,7 +244,8 @@ mod tests {
             Tensor::from_vec((0..n).map(|_| (r.normal() * s) as f32).collect::<Vec<_>>(), n, &dev).unwrap()
         };
         let n = 40_000; // several parallel chunks
-        let (w0, g, sg0, sd0) = (data(n, 1.0), data(n, 0.1), data(n, 0.01).abs().unwrap(), data(n, 1e-4).abs().unwrap());
+        let (w0, g, sg0, sd0) =
+            (data(n, 1.0), data(n, 0.1), data(n, 0.01).abs().unwrap(), data(n, 1e-4).abs().unwrap());
         let var = Var::from_tensor(&w0).unwrap();
         let (rho, eps, lr) = (0.95, 1e-6, 0.7);
         let slot = Slot { name: "w".into(), var: var.clone(), lr, sq_grad: sg0.clone(), sq_delta: sd0.clone() };

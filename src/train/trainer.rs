@@ -150,6 +150,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let cfg = &opts.config;
     cfg.validate()?;
     let device = select_device(&cfg.train.device)?;
+    // Set (or reset) on every run: candle's flag is process-wide and outlives a previous run.
+    if !crate::kernel::set_tf32(&device, cfg.train.tf32) && cfg.train.tf32 {
+        eprintln!("{}", crate::kernel::TF32_CPU_NOTE);
+    }
     let face_model = load_face_model(&cfg.model)?;
     let correctives = matches!(opts.stage, Stage::Finetune { .. });
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;

@@ -20,9 +20,13 @@ unsafe impl DeviceRepr for SampleParams {}
 unsafe impl DeviceRepr for PhotoParams {}
 
 /// Grid of (blocks per image, images) for the two-stage reductions.
-fn per_image(batch: u32, n: u32) -> (LaunchConfig, u32) {
+fn per_image(batch: u32, n: u32) -> Result<(LaunchConfig, u32)> {
+    // The image index is blockIdx.y, whose grid dimension CUDA caps at 65535.
+    if batch > 65_535 {
+        candle_core::bail!("the render kernels take at most 65535 meshes per batch, got {batch}");
+    }
     let blocks = n.div_ceil(BLOCK).max(1);
-    (LaunchConfig { grid_dim: (blocks, batch, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }, blocks)
+    Ok((LaunchConfig { grid_dim: (blocks, batch, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }, blocks))
 }
 
 // ------------------------------------------------------------------------------ normals
@@ -46,7 +50,7 @@ pub(crate) fn normals_fwd(
     let f = dev.get_or_load_custom_func("fml_normals_fwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&v).arg(&tris).arg(&offs).arg(&vt).arg(&out);
-    unsafe { b.launch(linear(total)) }.w()?;
+    unsafe { b.launch(linear(total)?) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
 
@@ -75,11 +79,11 @@ pub(crate) fn normals_bwd(
     let f1 = dev.get_or_load_custom_func("fml_normals_bwd_acc", MODULE, PTX)?;
     let mut b1 = f1.builder();
     b1.arg(p).arg(&v).arg(&g).arg(&tris).arg(&offs).arg(&vt).arg(&gacc);
-    unsafe { b1.launch(linear(total)) }.w()?;
+    unsafe { b1.launch(linear(total)?) }.w()?;
     let f2 = dev.get_or_load_custom_func("fml_normals_bwd_gather", MODULE, PTX)?;
     let mut b2 = f2.builder();
     b2.arg(p).arg(&v).arg(&gacc).arg(&tris).arg(&offs).arg(&vt).arg(&out);
-    unsafe { b2.launch(linear(total)) }.w()?;
+    unsafe { b2.launch(linear(total)?) }.w()?;
     Ok(to_tensor(out, dev, vertices.shape().clone()))
 }
 
@@ -101,7 +105,7 @@ pub(crate) fn shade_fwd(
     let f = dev.get_or_load_custom_func("fml_shade_fwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&n).arg(&r).arg(&g).arg(&out);
-    unsafe { b.launch(linear(total)) }.w()?;
+    unsafe { b.launch(linear(total)?) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
 
@@ -124,7 +128,7 @@ pub(crate) fn shade_bwd(
     let gm = view::<f32>(cuda_of(&g3, "shade backward")?, l3, "shade backward")?;
     let g = view::<f32>(cuda_of(&g4, "shade backward")?, l4, "shade backward")?;
     let total = p.batch as usize * p.num_vertices as usize;
-    let (cfg, blocks) = per_image(p.batch, p.num_vertices);
+    let (cfg, blocks) = per_image(p.batch, p.num_vertices)?;
     let gn = dev.alloc_zeros::<f32>(total * 3)?;
     let gr = dev.alloc_zeros::<f32>(total * 3)?;
     let partial = dev.alloc_zeros::<f32>(p.batch as usize * blocks as usize * 27)?;
@@ -136,7 +140,7 @@ pub(crate) fn shade_bwd(
     let f2 = dev.get_or_load_custom_func("fml_shade_bwd_reduce", MODULE, PTX)?;
     let mut b2 = f2.builder();
     b2.arg(p).arg(&blocks).arg(&partial).arg(&gg);
-    unsafe { b2.launch(linear(p.batch as usize * 27)) }.w()?;
+    unsafe { b2.launch(linear(p.batch as usize * 27)?) }.w()?;
     let shape = normals.shape().clone();
     Ok((to_tensor(gn, dev, shape.clone()), to_tensor(gr, dev, shape), to_tensor(gg, dev, (p.batch as usize, 27))))
 }
@@ -154,7 +158,7 @@ pub(crate) fn sample_fwd(p: &SampleParams, s: &CudaStorage, l: &Layout, image: &
     let f = dev.get_or_load_custom_func("fml_sample_fwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&v).arg(&img).arg(&out);
-    unsafe { b.launch(linear(total)) }.w()?;
+    unsafe { b.launch(linear(total)?) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
 
@@ -173,7 +177,7 @@ pub(crate) fn sample_bwd(p: &SampleParams, vertices: &Tensor, image: &Tensor, gr
     let f = dev.get_or_load_custom_func("fml_sample_bwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&v).arg(&img).arg(&g).arg(&out);
-    unsafe { b.launch(linear(total)) }.w()?;
+    unsafe { b.launch(linear(total)?) }.w()?;
     Ok(to_tensor(out, dev, vertices.shape().clone()))
 }
 
@@ -187,7 +191,7 @@ fn photo_sums(
     c: &CudaView<f32>,
     m: &CudaView<f32>,
 ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
-    let (cfg, blocks) = per_image(p.batch, p.num_vertices);
+    let (cfg, blocks) = per_image(p.batch, p.num_vertices)?;
     let partial = dev.alloc_zeros::<f32>(p.batch as usize * blocks as usize * 2)?;
     let loss = dev.alloc_zeros::<f32>(p.batch as usize)?;
     let counts = dev.alloc_zeros::<f32>(p.batch as usize)?;
@@ -198,7 +202,7 @@ fn photo_sums(
     let f2 = dev.get_or_load_custom_func("fml_photo_finish", MODULE, PTX)?;
     let mut b2 = f2.builder();
     b2.arg(p).arg(&blocks).arg(&partial).arg(&loss).arg(&counts);
-    unsafe { b2.launch(linear(p.batch as usize)) }.w()?;
+    unsafe { b2.launch(linear(p.batch as usize)?) }.w()?;
     Ok((loss, counts))
 }
 
@@ -241,6 +245,6 @@ pub(crate) fn photo_bwd(
     let f = dev.get_or_load_custom_func("fml_photo_bwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&a).arg(&c).arg(&m).arg(&g).arg(&counts).arg(&out);
-    unsafe { b.launch(linear(total)) }.w()?;
+    unsafe { b.launch(linear(total)?) }.w()?;
     Ok(to_tensor(out, dev, sampled.shape().clone()))
 }
