@@ -44,7 +44,17 @@ fn infer_reports_latency_and_the_batch_sweep() {
     assert!(out.contains("latency at batch 1") && out.contains("images/s"), "{out}");
     assert_eq!(
         keys(&v),
-        ["best_batch", "config", "device", "hz_b1", "input_size", "latency_ms_b1", "per_batch", "throughput_img_s"]
+        [
+            "best_batch",
+            "config",
+            "device",
+            "hz_b1",
+            "input_size",
+            "latency_ms_b1",
+            "per_batch",
+            "tf32",
+            "throughput_img_s"
+        ]
     );
     assert_eq!((v["device"].as_str(), v["input_size"].as_u64()), (Some("cpu"), Some(64)));
     assert_eq!(v["config"].as_str(), Some(config.as_str()));
@@ -68,7 +78,7 @@ fn render_train_and_loader_report_their_numbers() {
     let json = tmp.path().join("render.json");
     let (out, v) = bench(&["render", "--batch", "2", "--vertices", "300", "--size", "32"], &json);
     assert!(out.contains("memory-traffic floor") && out.contains("reference"), "{out}");
-    assert_eq!(keys(&v), ["batch", "bytes_floor", "device", "fwd_bwd_ms", "fwd_ms", "gb_s", "vertices"]);
+    assert_eq!(keys(&v), ["batch", "bytes_floor", "device", "fwd_bwd_ms", "fwd_ms", "gb_s", "tf32", "vertices"]);
     assert_eq!((v["batch"].as_u64(), v["vertices"].as_u64()), (Some(2), Some(300)));
     for k in ["fwd_ms", "fwd_bwd_ms", "bytes_floor", "gb_s"] {
         positive(&v, k);
@@ -79,7 +89,7 @@ fn render_train_and_loader_report_their_numbers() {
     let args = ["train", "--config", &config, "--stage", "finetune", "--steps", "1", "--warmup", "0", "--batch", "2"];
     let (out, v) = bench(&args, &json);
     assert!(out.contains("images/s"), "{out}");
-    assert_eq!(keys(&v), ["batch", "config", "device", "images_per_s", "ms_per_step", "stage", "steps"]);
+    assert_eq!(keys(&v), ["batch", "config", "device", "images_per_s", "ms_per_step", "stage", "steps", "tf32"]);
     assert_eq!((v["stage"].as_str(), v["batch"].as_u64(), v["steps"].as_u64()), (Some("finetune"), Some(2), Some(1)));
     positive(&v, "images_per_s");
     positive(&v, "ms_per_step");
@@ -87,6 +97,8 @@ fn render_train_and_loader_report_their_numbers() {
     let json = tmp.path().join("loader.json");
     let (_, v) = bench(&["loader", "--batch", "4", "--size", "16"], &json);
     positive(&v, "images_per_s");
+    // The precision is recorded with every measurement; on the CPU TF32 is never in effect.
+    assert_eq!(v["tf32"].as_bool(), Some(false));
 }
 
 #[test]
