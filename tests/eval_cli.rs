@@ -75,7 +75,8 @@ fn evaluates_a_synthetic_set_prints_the_table_and_writes_json() {
         .success()
         .stdout(predicate::str::contains("4 meshes evaluated, 0 skipped"))
         .stdout(predicate::str::is_match(r"(?m)^base +\d+\.\d+ mm +\d+\.\d+ +\d+\.\d+ +\d+\.\d+ +\(4\)$").unwrap())
-        .stdout(predicate::str::contains("final = base"));
+        .stdout(predicate::str::contains("final = base"))
+        .stdout(predicate::str::is_match(r"(?m)^mean +\d+\.\d+ mm +\d+\.\d+ +- +- +\(baseline").unwrap());
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(r["final_is_base"], true);
     let meshes = r["meshes"].as_array().unwrap();
@@ -95,6 +96,9 @@ fn evaluates_a_synthetic_set_prints_the_table_and_writes_json() {
         let photo = m["base"]["photometric"].as_f64().unwrap();
         assert!(photo > 0.0 && photo < 1.0, "{photo}");
         assert_eq!(m["final"], m["base"]);
+        // The zero head regresses the mean face, so the baseline row scores the same.
+        let mf = m["mean_face"]["mean_mm"].as_f64().unwrap();
+        assert!((mf - g["mean_mm"].as_f64().unwrap()).abs() < 1e-4, "{mf} vs {g}");
         means.push(g["mean_mm"].as_f64().unwrap());
     }
     let s = &r["summary"][0];
@@ -103,6 +107,7 @@ fn evaluates_a_synthetic_set_prints_the_table_and_writes_json() {
     assert!((s["geometry_mean_mm"].as_f64().unwrap() - mean).abs() < 1e-9);
     let sd = (means.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 4.0).sqrt();
     assert!((s["geometry_sd_mm"].as_f64().unwrap() - sd).abs() < 1e-9);
+    assert!((r["mean_face_mm"][0].as_f64().unwrap() - mean).abs() < 1e-4, "{}", r["mean_face_mm"]);
     assert_eq!(r["skipped"].as_array().unwrap().len(), 0);
 }
 

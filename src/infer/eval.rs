@@ -222,6 +222,8 @@ pub struct PoseResult {
     /// Equal to `base` when the checkpoint has no correctives.
     #[serde(rename = "final")]
     pub final_: LevelScore,
+    /// The baseline: the model's mean face (no regression), aligned and measured the same way.
+    pub mean_face: MeshScore,
 }
 
 /// A face that could not be evaluated, and why.
@@ -259,6 +261,9 @@ pub struct EvalReport {
     pub config: EvalConfig,
     /// `[base, final]`.
     pub summary: Vec<LevelSummary>,
+    /// The mean face's geometric error over the same meshes (mean, SD in mm): what a network
+    /// that learned nothing would score.
+    pub mean_face_mm: [f64; 2],
     pub meshes: Vec<PoseResult>,
     pub skipped: Vec<Skipped>,
 }
@@ -280,6 +285,11 @@ impl EvalReport {
                 l.level, l.geometry_mean_mm, l.geometry_sd_mm, l.photometric_mean, l.photometric_sd, l.meshes
             );
         }
+        let _ = writeln!(
+            s,
+            "{:<7} {:>11.3} mm {:>7.3} {:>18} {:>7}   (baseline: the model's mean face, no regression)",
+            "mean", self.mean_face_mm[0], self.mean_face_mm[1], "-", "-"
+        );
         if self.final_is_base {
             let _ = writeln!(s, "note: the checkpoint has no correctives; final = base");
         }
@@ -532,6 +542,7 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
     let triangles = face_region_triangles(net);
     let lm_vertices = net.face_model.landmarks.clone();
     let final_is_base = net.model.correctives.is_none();
+    let mean_vertices = crate::face_model::to_vec3(&net.face_model.mean_shape); // [N, 3]
 
     let bar = if cfg.progress {
         let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} poses [{elapsed} < {eta}]")
@@ -586,12 +597,20 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
                     }
                 },
             };
+            let mean_face = match score(mean_vertices.clone(), (None, 0)) {
+                Ok(s) => s.geometry,
+                Err(e) => {
+                    skipped.push(skip(&p.entry, format!("alignment failed (mean face): {e}")));
+                    continue;
+                }
+            };
             meshes.push(PoseResult {
                 tester: p.entry.tester.clone(),
                 pose: p.entry.pose.clone(),
                 image: p.entry.image.clone(),
                 base,
                 final_,
+                mean_face,
             });
         }
         bar.inc(chunk.len() as u64);
@@ -610,6 +629,7 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
     // Keep the listing in data set order whatever the batch boundaries were.
     let order = |t: &str, p: &str| (name_key(t, "Tester_"), name_key(p, "pose_"));
     skipped.sort_by(|a, b| order(&a.tester, &a.pose).cmp(&order(&b.tester, &b.pose)));
+    let (mm, ms) = summary(&meshes.iter().map(|r| r.mean_face.mean_mm).collect::<Vec<_>>());
     let summary = ["base", "final"]
         .iter()
         .map(|&level| {
@@ -630,6 +650,7 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
         })
         .collect();
     Ok(EvalReport {
+        mean_face_mm: [mm, ms],
         dataset: dir.to_path_buf(),
         checkpoint: trained.source.clone(),
         final_is_base,
