@@ -167,6 +167,16 @@ fn shipped_configs_load_and_follow_the_paper() {
     assert_eq!((fine.correctives.count, base.encoder.input_size), (500, 240));
     assert_eq!((fine.loss.ref_beta, fine.loss.ref_p, fine.loss.glo_partners), (50.0, 0.9, 6));
     assert_eq!(tiny.encoder.input_size, 64);
+    // The shipped network (data/default) was trained with configs/default.toml: same network,
+    // losses, camera and optimiser (its recorded data path and step count differ).
+    let default = Config::load(root.join("default.toml")).unwrap();
+    let shipped = Config::load(root.join("../data/default/config.toml")).unwrap();
+    assert_eq!(default.encoder, shipped.encoder);
+    assert_eq!(default.loss, shipped.loss);
+    assert_eq!(default.camera, shipped.camera);
+    assert_eq!(default.optim, shipped.optim);
+    assert_eq!(default.correctives, shipped.correctives);
+    assert_eq!(default.loss.std_geometry, 2e-3);
 }
 
 #[test]
