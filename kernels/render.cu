@@ -48,7 +48,7 @@ extern "C" __global__ void fml_normals_fwd(NormalsParams p, const float* v, cons
     if (gi >= (size_t)p.batch * n) return;
     size_t b = gi / n; unsigned i = (unsigned)(gi % n);
     float3 acc = normal_acc(p, v, b * n, i, tris, offs, vt);
-    float inv = rsqrtf(dot3(acc, acc) + NORMAL_EPS);
+    float inv = 1.0f / sqrtf(dot3(acc, acc) + NORMAL_EPS);  // as the CPU twin (rsqrtf is approximate)
     st3(out, gi, make_float3(acc.x * inv, acc.y * inv, acc.z * inv));
 }
 

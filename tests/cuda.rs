@@ -827,8 +827,8 @@ fn check_facenet(t: &Target, correctives: bool, perturb: f64, tol: (f64, f64)) {
 /// (values, gradients) of the single ops and the layer: max error relative to the largest value.
 /// Measured by the harness (CPU float64 against float32, 2026-11): at most 1e-5 for values (the
 /// normals, from f32 input rounding in the cross products) and 1e-5 for gradients. The GPU differs
-/// from the CPU by f32 arithmetic only (FMA contraction, --use_fast_math's approximate reciprocal
-/// and square root, other summation orders): of the same size or smaller.
+/// from the CPU by f32 arithmetic only (FMA contraction, other summation orders; the kernels use
+/// IEEE sqrt and division, no --use_fast_math): of the same size or smaller.
 const OP_TOL: (f64, f64) = (1e-4, 1e-3);
 /// (values, gradients) of the network: max relative error of values, relative l2 of gradients.
 /// Measured by the harness with weights perturbed by 1e-6: at most 5e-6 and 2e-5. Looser than

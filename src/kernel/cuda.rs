@@ -25,11 +25,16 @@ pub(crate) fn linear(total: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
 
-pub(crate) fn view<'a, T: candle_core::cuda_backend::CudaDType>(
+pub(crate) fn view<'a, T: candle_core::cuda_backend::CudaDType + candle_core::WithDType>(
     s: &'a CudaStorage,
     l: &Layout,
     what: &str,
 ) -> Result<CudaView<'a, T>> {
+    use candle_core::backend::BackendStorage;
+    if s.dtype() != T::DTYPE {
+        // candle's own message ("unexpected dtype") would not say which op or what it needs.
+        bail!("{what}: the CUDA kernels take {:?}, got {:?}", T::DTYPE, s.dtype());
+    }
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
         None => bail!("{what}: input must be contiguous"),
