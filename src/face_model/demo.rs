@@ -115,8 +115,10 @@ fn landmark_params() -> Vec<(f32, f32)> {
         lm.push((t, -0.115 - 0.015 * (1.0 - (t / 0.12).powi(2))));
     }
     // Eyes: 36..41 right (outer, upper x2, inner, lower x2), 42..47 left (inner, upper x2, outer, lower x2).
-    let eye = |c: f32, outer_first: bool| -> Vec<(f32, f32)> {
-        let (o, i) = if outer_first { (c - 0.11, c + 0.11) } else { (c - 0.11, c + 0.11) };
+    // Both eyes list their points with increasing theta along the top (iBUG goes clockwise in the
+    // image), so the first corner is the outer one of the right eye and the inner one of the left.
+    let eye = |c: f32| -> Vec<(f32, f32)> {
+        let (o, i) = (c - 0.11, c + 0.11);
         let pc = 0.175;
         vec![
             (o, pc),
@@ -127,8 +129,8 @@ fn landmark_params() -> Vec<(f32, f32)> {
             (c - 0.04, pc - 0.03),
         ]
     };
-    lm.extend(eye(-0.42, true));
-    lm.extend(eye(0.42, false));
+    lm.extend(eye(-0.42));
+    lm.extend(eye(0.42));
     // Outer lips 48..59: right corner, upper lip to the left corner, lower lip back.
     let (mc, pm) = (0.26, -0.36);
     lm.push((-mc, pm));

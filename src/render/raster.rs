@@ -593,7 +593,7 @@ mod tests {
             let close = |a: [f32; 3], b: [f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
             assert!(close(out.color[centre], [0.0, 1.0, 0.0]), "{:?}", out.color[centre]);
             assert!((out.depth[centre] - 50.0).abs() < 1e-3);
-            let ring = 1 * 8 + 1;
+            let ring = 8 + 1; // row 1, column 1
             assert!(close(out.color[ring], [1.0, 0.0, 0.0]), "{:?}", out.color[ring]);
             assert!((out.depth[ring] - 100.0).abs() < 1e-3);
             assert_eq!(out.coverage.iter().filter(|&&c| c == 1.0).count(), 36);
