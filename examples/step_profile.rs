@@ -8,7 +8,6 @@
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{Optimizer, VarMap};
-use fml::face_model::multilevel::{GEOMETRY_CORRECTIVES, REFLECTANCE_CORRECTIVES};
 use fml::loss::regularizers::{self, Edges, SkinPairs};
 use fml::loss::{Objective, TrainBatch};
 use fml::network::{FaceNet, Prediction};
@@ -63,17 +62,7 @@ fn main() -> anyhow::Result<()> {
     let obj = Objective::new(&net, &cfg.loss, cfg.train.seed)?;
     let edges = Edges::new(&model, &dev)?;
     let pairs = SkinPairs::new(&model, cfg.loss.glo_partners, cfg.train.seed, &dev)?;
-    let mut groups = Vec::new();
-    for (name, v) in vm.data().lock().expect("varmap").iter() {
-        let lr = match name.as_str() {
-            GEOMETRY_CORRECTIVES => cfg.optim.lr_geometry,
-            REFLECTANCE_CORRECTIVES => cfg.optim.lr_reflectance,
-            _ => cfg.optim.lr_encoder,
-        };
-        groups.push((name.clone(), v.clone(), lr));
-    }
-    groups.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut opt = fml::train::adadelta::AdaDelta::with_groups(groups, cfg.optim.rho, cfg.optim.eps)?;
+    let mut opt = fml::train::adadelta::AdaDelta::for_varmap(&vm, &cfg.optim)?;
 
     let dir = tempfile_dir()?;
     let data = dir.join("synthetic.fmlds");

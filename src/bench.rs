@@ -14,7 +14,6 @@ use crate::data::dataset::write_synthetic;
 use crate::data::loader::{Loader, LoaderConfig, Position};
 use crate::error::{Error, Result};
 use crate::face_model::FaceModel;
-use crate::face_model::multilevel::{GEOMETRY_CORRECTIVES, REFLECTANCE_CORRECTIVES};
 use crate::loss::{Objective, TrainBatch};
 use crate::network::FaceNet;
 use crate::render::camera::Intrinsics;
@@ -543,21 +542,7 @@ pub fn bench_train(cfg: &Config, label: &str, device: &Device, tb: &TrainBenchCo
     let varmap = VarMap::new();
     let net = FaceNet::new(&face_model, &cfg, correctives, cfg.train.backend, &varmap, device)?;
     let objective = Objective::new(&net, &cfg.loss, cfg.train.seed)?;
-    let mut groups = Vec::new();
-    {
-        let data = varmap.data().lock().expect("varmap lock");
-        let mut names: Vec<&String> = data.keys().collect();
-        names.sort();
-        for name in names {
-            let lr = match name.as_str() {
-                GEOMETRY_CORRECTIVES => cfg.optim.lr_geometry,
-                REFLECTANCE_CORRECTIVES => cfg.optim.lr_reflectance,
-                _ => cfg.optim.lr_encoder,
-            };
-            groups.push((name.clone(), data[name].clone(), lr));
-        }
-    }
-    let mut opt = AdaDelta::with_groups(groups, cfg.optim.rho, cfg.optim.eps)?;
+    let mut opt = AdaDelta::for_varmap(&varmap, &cfg.optim)?;
 
     let scratch = ScratchDir::new("train")?;
     let data = scratch.0.join("synthetic.fmlds");

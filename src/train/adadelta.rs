@@ -46,6 +46,28 @@ pub fn state_names(var: &str) -> (String, String) {
 }
 
 impl AdaDelta {
+    /// Every variable of a network's `VarMap`, sorted by name, in the learning-rate group of
+    /// Sec. 7 its name puts it in: geometry correctives, reflectance correctives, or the encoder /
+    /// base level (everything else).
+    pub fn for_varmap(varmap: &candle_nn::VarMap, optim: &crate::config::OptimConfig) -> Result<Self> {
+        use crate::face_model::multilevel::{GEOMETRY_CORRECTIVES, REFLECTANCE_CORRECTIVES};
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let groups = names
+            .into_iter()
+            .map(|name| {
+                let lr = match name.as_str() {
+                    GEOMETRY_CORRECTIVES => optim.lr_geometry,
+                    REFLECTANCE_CORRECTIVES => optim.lr_reflectance,
+                    _ => optim.lr_encoder,
+                };
+                (name.clone(), data[name].clone(), lr)
+            })
+            .collect();
+        AdaDelta::with_groups(groups, optim.rho, optim.eps)
+    }
+
     /// Named variables with their learning rates.
     pub fn with_groups(vars: Vec<(String, Var, f64)>, rho: f64, eps: f64) -> Result<Self> {
         let lr = vars.first().map(|v| v.2).unwrap_or(0.01);

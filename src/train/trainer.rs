@@ -10,7 +10,6 @@ use crate::data::loader::{Loader, LoaderConfig, Position};
 use crate::encoder;
 use crate::error::{Error, Result};
 use crate::face_model::FaceModel;
-use crate::face_model::multilevel::{GEOMETRY_CORRECTIVES, REFLECTANCE_CORRECTIVES};
 use crate::loss::{Objective, TrainBatch};
 use crate::network::FaceNet;
 use candle_core::{Device, Tensor};
@@ -212,21 +211,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let objective = Objective::new(&net, &cfg.loss, cfg.train.seed)?;
 
     // Parameter groups (Sec. 7): encoder / base level, geometry and reflectance correctives.
-    let mut groups = Vec::new();
-    {
-        let data = varmap.data().lock().expect("varmap lock");
-        let mut names: Vec<&String> = data.keys().collect();
-        names.sort();
-        for name in names {
-            let lr = match name.as_str() {
-                GEOMETRY_CORRECTIVES => cfg.optim.lr_geometry,
-                REFLECTANCE_CORRECTIVES => cfg.optim.lr_reflectance,
-                _ => cfg.optim.lr_encoder,
-            };
-            groups.push((name.clone(), data[name].clone(), lr));
-        }
-    }
-    let mut opt = AdaDelta::with_groups(groups, cfg.optim.rho, cfg.optim.eps)?;
+    let mut opt = AdaDelta::for_varmap(&varmap, &cfg.optim)?;
 
     let loader = Loader::new(
         &cfg.data.dataset,
