@@ -9,21 +9,6 @@ use fml::data::dataset::{Dataset, Split};
 use fml::io::mesh::Mesh;
 use std::path::PathBuf;
 
-fn aligned_error(pred: &[[f32; 3]], gt: &[[f32; 3]], region: &[u32]) -> fml::Result<f64> {
-    let p: Vec<[f64; 3]> = region.iter().map(|&i| pred[i as usize].map(|x| x as f64)).collect();
-    let g: Vec<[f64; 3]> = region.iter().map(|&i| gt[i as usize].map(|x| x as f64)).collect();
-    let s = fml::eval::umeyama(&p, &g, None, true)?;
-    let d: f64 = p
-        .iter()
-        .zip(&g)
-        .map(|(a, b)| {
-            let q = s.apply(*a);
-            ((q[0] - b[0]).powi(2) + (q[1] - b[1]).powi(2) + (q[2] - b[2]).powi(2)).sqrt()
-        })
-        .sum();
-    Ok(d / p.len() as f64)
-}
-
 fn main() -> fml::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 3 {
@@ -52,9 +37,9 @@ fn main() -> fml::Result<()> {
         let gt = Mesh::load_obj(PathBuf::from(&ds.header().records[i].source).with_extension("obj"))?.vertices;
         let base_v = v(pred.levels.base_geometry.clone())?;
         let fine_v = v(pred.levels.final_geometry()?)?;
-        eb += aligned_error(&base_v, &gt, &model.face_region)?;
-        ef += aligned_error(&fine_v, &gt, &model.face_region)?;
-        em += aligned_error(&mean, &gt, &model.face_region)?;
+        eb += fml::eval::aligned_vertex_error(&base_v, &gt, &model.face_region)?;
+        ef += fml::eval::aligned_vertex_error(&fine_v, &gt, &model.face_region)?;
+        em += fml::eval::aligned_vertex_error(&mean, &gt, &model.face_region)?;
         // The paper's metric: point-to-surface after a similarity ICP (ignores sliding along the surface).
         if std::env::var_os("FML_P2S").is_some() {
             let gt_mesh = Mesh { vertices: gt.clone(), triangles: model.triangles.clone(), colors: None };

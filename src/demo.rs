@@ -5,6 +5,7 @@
 //! face alone is a noisy measure).
 
 use crate::error::{Error, Result};
+use crate::eval::aligned_vertex_error;
 use crate::infer::eval::{EvalConfig, evaluate_mesh};
 use crate::infer::reconstruct::{CropSpec, InputImage, ReconstructOptions, Reconstructor};
 use crate::infer::{OverlayConfig, load_run};
@@ -85,10 +86,11 @@ pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64, faces: usize) -> Resu
         };
         error_base_mm += score(&r.base)? / faces as f64;
         error_mean_face_mm += score(&mean_mesh)? / faces as f64;
-        vertex_error_mm[0] += vertex_error(&r.base, &gt, &model.face_region)? / faces as f64;
-        vertex_error_mm[2] += vertex_error(&mean_mesh, &gt, &model.face_region)? / faces as f64;
+        let vertex_error = |m: &Mesh| aligned_vertex_error(&m.vertices, &gt.vertices, &model.face_region);
+        vertex_error_mm[0] += vertex_error(&r.base)? / faces as f64;
+        vertex_error_mm[2] += vertex_error(&mean_mesh)? / faces as f64;
         // Without a final level its column repeats the base level's.
-        vertex_error_mm[1] += vertex_error(r.mesh(), &gt, &model.face_region)? / faces as f64;
+        vertex_error_mm[1] += vertex_error(r.mesh())? / faces as f64;
         if let Some(f) = &r.fine {
             fine_sum += score(f)?;
             fine_n += 1;
@@ -111,28 +113,4 @@ pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64, faces: usize) -> Resu
         vertex_error_mm,
         run,
     })
-}
-
-/// Mean distance (mm) of corresponding vertices of `region` after the similarity alignment of
-/// `pred` onto `gt` over that region.
-fn vertex_error(pred: &Mesh, gt: &Mesh, region: &[u32]) -> Result<f64> {
-    if pred.vertices.len() != gt.vertices.len() {
-        return Err(Error::invalid(format!(
-            "vertex error: {} predicted vertices vs {} ground-truth vertices",
-            pred.vertices.len(),
-            gt.vertices.len()
-        )));
-    }
-    let pick = |m: &Mesh| -> Vec<[f64; 3]> { region.iter().map(|&i| m.vertices[i as usize].map(f64::from)).collect() };
-    let (p, g) = (pick(pred), pick(gt));
-    let sim = crate::eval::umeyama(&p, &g, None, true)?;
-    let sum: f64 = p
-        .iter()
-        .zip(&g)
-        .map(|(a, b)| {
-            let q = sim.apply(*a);
-            ((q[0] - b[0]).powi(2) + (q[1] - b[1]).powi(2) + (q[2] - b[2]).powi(2)).sqrt()
-        })
-        .sum();
-    Ok(sum / p.len().max(1) as f64)
 }

@@ -15,7 +15,7 @@
 use candle_core::{Device, Tensor};
 use fml::config::Config;
 use fml::data::dataset::{Dataset, Split};
-use fml::eval::umeyama;
+use fml::eval::aligned_vertex_error;
 use fml::io::mesh::Mesh;
 use fml::train::{Stage, TrainOptions};
 use std::path::{Path, PathBuf};
@@ -68,22 +68,6 @@ fn run(cfg: &Config, stage: Stage, out: &Path) -> fml::train::TrainReport {
     fml::train::train(&opts).unwrap()
 }
 
-/// Mean vertex distance (mm) over the face region after a similarity alignment.
-fn aligned_error(pred: &[[f32; 3]], gt: &[[f32; 3]], region: &[u32]) -> f64 {
-    let p: Vec<[f64; 3]> = region.iter().map(|&i| pred[i as usize].map(|x| x as f64)).collect();
-    let g: Vec<[f64; 3]> = region.iter().map(|&i| gt[i as usize].map(|x| x as f64)).collect();
-    let s = umeyama(&p, &g, None, true).unwrap();
-    let d: f64 = p
-        .iter()
-        .zip(&g)
-        .map(|(a, b)| {
-            let q = s.apply(*a);
-            ((q[0] - b[0]).powi(2) + (q[1] - b[1]).powi(2) + (q[2] - b[2]).powi(2)).sqrt()
-        })
-        .sum();
-    d / p.len() as f64
-}
-
 /// Geometric error on the validation records against their ground-truth meshes (same topology):
 /// (base level, final level, mean face).
 fn geometry_errors(run_dir: &Path, data: &Path) -> (f64, f64, f64) {
@@ -103,9 +87,9 @@ fn geometry_errors(run_dir: &Path, data: &Path) -> (f64, f64, f64) {
             .collect();
         let pred = t.net.predict(&Tensor::from_vec(img, (1, 3, size, size), &Device::Cpu).unwrap()).unwrap();
         let gt = Mesh::load_obj(PathBuf::from(&ds.header().records[i].source).with_extension("obj")).unwrap().vertices;
-        eb += aligned_error(&v(pred.levels.base_geometry.clone()), &gt, &model.face_region);
-        ef += aligned_error(&v(pred.levels.final_geometry().unwrap()), &gt, &model.face_region);
-        em += aligned_error(&mean, &gt, &model.face_region);
+        eb += aligned_vertex_error(&v(pred.levels.base_geometry.clone()), &gt, &model.face_region).unwrap();
+        ef += aligned_vertex_error(&v(pred.levels.final_geometry().unwrap()), &gt, &model.face_region).unwrap();
+        em += aligned_vertex_error(&mean, &gt, &model.face_region).unwrap();
     }
     let n = idx.len() as f64;
     (eb / n, ef / n, em / n)

@@ -18,5 +18,5 @@ pub use bvh::{SurfaceHit, TriangleBvh, point_to_surface_distances};
 pub use closest::closest_point_on_triangle;
 pub use icp::{Alignment, IcpConfig, align, init_from_centroids, init_from_landmarks};
 pub use region::{face_region_by_radius, nose_tip_by_max_z};
-pub use similarity::{Similarity, umeyama};
+pub use similarity::{Similarity, aligned_vertex_error, umeyama};
 pub use stats::{DistanceStats, distance_stats, median, summary, summary_with_ddof};

@@ -214,6 +214,28 @@ pub fn umeyama(src: &[Vec3], dst: &[Vec3], weights: Option<&[f64]>, with_scale: 
     Ok(Similarity { scale, rotation, translation })
 }
 
+/// Mean distance (same units as the input) between the corresponding vertices `region` of
+/// `pred` and `gt`, two meshes of one topology, after the least-squares similarity alignment of
+/// `pred` onto `gt` over those vertices. Unlike point-to-surface distances it also counts sliding
+/// along the surface (expression, feature positions).
+pub fn aligned_vertex_error(pred: &[[f32; 3]], gt: &[[f32; 3]], region: &[u32]) -> Result<f64> {
+    if pred.len() != gt.len() {
+        return Err(Error::invalid(format!(
+            "vertex error: {} predicted vertices vs {} ground-truth vertices",
+            pred.len(),
+            gt.len()
+        )));
+    }
+    if let Some(&i) = region.iter().find(|&&i| i as usize >= gt.len()) {
+        return Err(Error::invalid(format!("vertex error: region vertex {i} out of range for {} vertices", gt.len())));
+    }
+    let pick = |m: &[[f32; 3]]| -> Vec<Vec3> { region.iter().map(|&i| m[i as usize].map(f64::from)).collect() };
+    let (p, g) = (pick(pred), pick(gt));
+    let sim = umeyama(&p, &g, None, true)?;
+    let sum: f64 = p.iter().zip(&g).map(|(a, b)| linalg::norm(linalg::sub(sim.apply(*a), *b))).sum();
+    Ok(sum / p.len().max(1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +263,23 @@ mod tests {
                 assert!((a.rotation[i][j] - b.rotation[i][j]).abs() < tol, "{a:?} vs {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn aligned_vertex_error_ignores_similarity_and_sees_moved_vertices() {
+        let mut rng = Rng::new(8);
+        let gt: Vec<[f32; 3]> = random_points(&mut rng, 50, 40.0).iter().map(|p| p.map(|x| x as f32)).collect();
+        let t = random_similarity(&mut rng, 1.3);
+        let copy: Vec<[f32; 3]> = gt.iter().map(|&p| t.apply_f32(p)).collect();
+        let region: Vec<u32> = (0..50).collect();
+        assert!(aligned_vertex_error(&copy, &gt, &region).unwrap() < 1e-3);
+        // Only the region counts: a vertex moved outside it changes nothing.
+        let mut moved = gt.clone();
+        moved[49][0] += 100.0;
+        assert!(aligned_vertex_error(&moved, &gt, &region[..49]).unwrap() < 1e-4);
+        assert!(aligned_vertex_error(&moved, &gt, &region).unwrap() > 1.0);
+        assert!(aligned_vertex_error(&gt[..49], &gt, &region[..49]).is_err());
+        assert!(aligned_vertex_error(&gt, &gt, &[0, 1, 50]).unwrap_err().to_string().contains("out of range"));
     }
 
     #[test]
