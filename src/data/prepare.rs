@@ -161,6 +161,7 @@ struct Candidate {
     split: Split,
 }
 
+/// Whether `path` names an image fml reads (by extension, case-insensitive: [`IMAGE_EXTENSIONS`]).
 fn is_image(path: &Path) -> bool {
     IMAGE_EXTENSIONS.contains(&extension(path).as_str())
 }
@@ -171,8 +172,9 @@ fn sibling_landmarks(image: &Path) -> Option<PathBuf> {
 }
 
 /// All image files under `dir`, sorted by path for a deterministic order. Hidden entries are
-/// skipped; symlinked folders are followed up to a fixed depth (guards against cycles).
-fn scan_folder(dir: &Path, report: &mut PrepareReport) -> Vec<PathBuf> {
+/// skipped; symlinked folders are followed up to a fixed depth (guards against cycles). A folder
+/// that cannot be listed is passed to `unreadable` and skipped; the scan goes on.
+pub fn scan_images(dir: &Path, mut unreadable: impl FnMut(&Path, std::io::Error)) -> Vec<PathBuf> {
     const MAX_DEPTH: usize = 32;
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
@@ -180,15 +182,15 @@ fn scan_folder(dir: &Path, report: &mut PrepareReport) -> Vec<PathBuf> {
         let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) => {
-                report.skip(SkipReason::BadInput, format!("{}: {e}", d.display()));
+                unreadable(&d, e);
                 continue;
             }
         };
         for entry in entries.flatten() {
-            let p = entry.path();
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
+            let p = entry.path();
             if p.is_dir() {
                 if depth < MAX_DEPTH {
                     stack.push((p, depth + 1));
@@ -214,7 +216,7 @@ fn gather(inputs: &[PathBuf], report: &mut PrepareReport) -> Vec<(PathBuf, Landm
     };
     for input in inputs {
         if input.is_dir() {
-            for img in scan_folder(input, report) {
+            for img in scan_images(input, |d, e| report.skip(SkipReason::BadInput, format!("{}: {e}", d.display()))) {
                 add_image(img, &mut out, report);
             }
         } else if input.is_file() && matches!(extension(input).as_str(), "json" | "csv") {

@@ -15,7 +15,7 @@
 //!   alone or in a folder.
 
 use super::reconstruct::{CropSpec, InputImage, Reconstruction, Reconstructor, sibling_landmarks};
-use crate::data::prepare::IMAGE_EXTENSIONS;
+use crate::data::prepare::scan_images;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -127,46 +127,8 @@ impl fmt::Display for Report {
     }
 }
 
-fn is_image(p: &Path) -> bool {
-    let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    IMAGE_EXTENSIONS.contains(&ext.as_str())
-}
-
 fn is_list(p: &Path) -> bool {
     p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"))
-}
-
-/// Image files under `dir`, recursively, sorted; hidden entries skipped. Unreadable folders are
-/// failures.
-fn scan(dir: &Path, failures: &mut Vec<Failure>) -> Vec<PathBuf> {
-    // Bounds the descent through symlinked folders that point back up.
-    const MAX_DEPTH: usize = 32;
-    let mut out = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), 0usize)];
-    while let Some((d, depth)) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) => {
-                failures.push(Failure { input: d.display().to_string(), error: e.to_string() });
-                continue;
-            }
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let p = entry.path();
-            if p.is_dir() {
-                if depth < MAX_DEPTH {
-                    stack.push((p, depth + 1));
-                }
-            } else if is_image(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Image paths of a `.txt` list, resolved against the list's folder.
@@ -202,7 +164,9 @@ pub fn plan(req: &Request) -> Result<Plan> {
     let mut images: Vec<(String, PathBuf)> = Vec::new();
     for input in &req.inputs {
         if input.is_dir() {
-            let found = scan(input, &mut failures);
+            let found = scan_images(input, |d, e| {
+                failures.push(Failure { input: d.display().to_string(), error: e.to_string() })
+            });
             if found.is_empty() {
                 failures.push(Failure { input: input.display().to_string(), error: "no images in this folder".into() });
             }
