@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{Optimizer, VarMap};
 use fml::loss::regularizers::{self, Edges, SkinPairs};
 use fml::loss::{Objective, TrainBatch};
-use fml::network::{FaceNet, Prediction};
+use fml::network::FaceNet;
 use fml::render::RenderInput;
 use std::time::Instant;
 
@@ -94,15 +94,7 @@ fn main() -> anyhow::Result<()> {
         let y = net.encoder.forward(&tb.images)?;
         laps.lap("encoder fwd");
         let yv = Var::from_tensor(&y.detach())?;
-        let params = net.layout.split(yv.as_tensor())?;
-        let levels = net.model.evaluate(
-            &params.z_shape,
-            &params.z_expr,
-            &params.z_albedo,
-            params.corr_geometry.as_ref(),
-            params.corr_reflectance.as_ref(),
-        )?;
-        let pred = Prediction { params, levels };
+        let pred = net.decode(yv.as_tensor())?;
         laps.lap("model fwd");
         let terms = obj.compute(&net, &pred, &tb)?;
         laps.lap("render+loss fwd");

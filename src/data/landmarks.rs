@@ -368,10 +368,8 @@ fn parse_land(text: &str, path: &Path, map: Option<&LandMap>) -> Result<Landmark
         check_count(lines.len(), path, lines.last().map_or(0, |l| l.0))?;
     }
     let (pts, conf) = parse_point_lines(&lines, path)?;
+    // `parse_point_lines` has rejected non-finite coordinates and confidences outside [0, 1].
     if let Some(m) = mapped(pts.len()) {
-        if let Some(i) = pts.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
-            return Err(Error::format(path, format!("landmark {i} is not finite: ({}, {})", pts[i][0], pts[i][1])));
-        }
         return Ok(m.apply(&pts, conf.as_deref()));
     }
     Landmarks68::from_points(&pts, conf.as_deref(), path, "")

@@ -125,8 +125,15 @@ impl FaceNet {
     /// # Shapes
     /// `images`: `[B, 3, S, S]` in [0, 1].
     pub fn predict(&self, images: &Tensor) -> Result<Prediction> {
-        let x = self.encoder.forward(images)?;
-        let params = self.layout.split(&x)?;
+        self.decode(&self.encoder.forward(images)?)
+    }
+
+    /// Split an encoder output into parameters and evaluate both levels of the face model.
+    ///
+    /// # Shapes
+    /// `encoding`: `[B, 257 + 2C]` (the encoder's output).
+    pub fn decode(&self, encoding: &Tensor) -> Result<Prediction> {
+        let params = self.layout.split(encoding)?;
         let levels = self.model.evaluate(
             &params.z_shape,
             &params.z_expr,
