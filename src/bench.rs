@@ -9,7 +9,6 @@
 //! median of the timed runs (robust to the load of other processes on a shared machine).
 
 use crate::config::Config;
-use crate::data::dataset::Split;
 use crate::data::dataset::write_synthetic;
 use crate::data::loader::{Loader, LoaderConfig, Position};
 use crate::error::{Error, Result};
@@ -551,14 +550,12 @@ pub fn bench_train(cfg: &Config, label: &str, device: &Device, tb: &TrainBenchCo
     write_synthetic(&data, count, cfg.encoder.input_size as u32, cfg.train.seed)?;
     let loader = Loader::new(
         &data,
+        // The defaults are the training loader: shuffled, full batches of the train split.
         LoaderConfig {
             batch_size: batch,
-            shuffle: true,
             seed: cfg.train.seed,
             augment: cfg.augment.clone(),
-            drop_last: true,
-            split: Some(Split::Train),
-            prefetch: 3,
+            ..LoaderConfig::default()
         },
     )?;
     let mut batches = loader.iter_from(Position::default());

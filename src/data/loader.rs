@@ -48,6 +48,8 @@ pub struct LoaderConfig {
     pub prefetch: usize,
 }
 
+/// The training loader (`fml train`, `fml bench train`): shuffled, full batches of the train
+/// split, batch 5 (Sec. 7), no augmentation.
 impl Default for LoaderConfig {
     fn default() -> Self {
         LoaderConfig {

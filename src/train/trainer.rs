@@ -215,14 +215,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
 
     let loader = Loader::new(
         &cfg.data.dataset,
+        // The defaults are the training loader: shuffled, full batches of the train split.
         LoaderConfig {
             batch_size: cfg.train.batch,
-            shuffle: true,
             seed: cfg.train.seed,
             augment: cfg.augment.clone(),
-            drop_last: true,
-            split: Some(Split::Train),
-            prefetch: 3,
+            ..LoaderConfig::default()
         },
     )?;
     if loader.image_size() != cfg.encoder.input_size {
