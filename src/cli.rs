@@ -448,7 +448,7 @@ pub struct SynthArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Do not show the progress bar.
-    #[arg(long)]
+    #[arg(short, long)]
     pub quiet: bool,
 }
 

@@ -177,6 +177,11 @@ fn shipped_configs_load_and_follow_the_paper() {
     assert_eq!(default.optim, shipped.optim);
     assert_eq!(default.correctives, shipped.correctives);
     assert_eq!(default.loss.std_geometry, 2e-3);
+    // The truncated-base experiment: 1 identity mode in the base level, a world of 2.
+    let truncated = Config::load(root.join("truncated.toml")).unwrap();
+    assert_eq!((truncated.model.shape_modes, truncated.model.expr_modes), (Some(1), Some(1)));
+    let world = fml::synth::SynthConfig::load_toml(root.join("truncated-synth.toml")).unwrap();
+    assert_eq!((world.shape_scale, world.focal_range, world.centre_jitter), (2.0, [850.0, 850.0], 0.0));
 }
 
 #[test]

@@ -1,0 +1,231 @@
+//! How much does the photometric term (eq. 9) see of the geometry? For a trained run and a
+//! dataset prepared from a flat `fml synth` folder of the run's model topology, evaluates E_photo
+//! on the validation images at the run's own base-level fit while swapping in pieces of the
+//! ground truth:
+//! - predicted geometry vs the true mesh, under the predicted reflectance and light; the true mesh
+//!   both as it is (model frame) and rigidly aligned to the predicted one over the face region
+//!   (the true shape where the fit put its face: the run's pose was fitted with its own geometry);
+//! - the same under the true reflectance (the `.obj` colours) and true SH light (the `.json`),
+//!   which isolates the geometry's share from the appearance's;
+//! - optionally the predicted geometry moved along one identity mode of a model file by
+//!   -2..+3 units (`--mode K MODEL`), to see whether a corrective along it could lower E_photo.
+//!
+//! This is the check behind the README's note on the final level's geometric gain: correctives
+//! are trained by E_photo alone (E_sparse acts on the base level), so they can only learn
+//! geometry that lowers E_photo more than appearance changes do.
+//!
+//! cargo run --release --example photo_signal -- RUN DATASET.fmlds [--mode K MODEL.safetensors]
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use fml::data::dataset::{Dataset, Split};
+use fml::face_model::FaceModel;
+use fml::io::mesh::Mesh;
+use fml::render::RenderInput;
+use std::path::PathBuf;
+
+fn main() -> fml::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = || -> ! {
+        eprintln!("usage: photo_signal RUN DATASET.fmlds [--mode K MODEL.safetensors] [--refit STEPS]");
+        std::process::exit(2);
+    };
+    if args.len() < 3 {
+        usage();
+    }
+    let (mut mode, mut refit) = (None, 0usize);
+    let mut rest = args[3..].iter();
+    while let Some(flag) = rest.next() {
+        match flag.as_str() {
+            "--mode" => {
+                let (Some(k), Some(path)) = (rest.next(), rest.next()) else { usage() };
+                let k: usize = k.parse().map_err(|_| fml::Error::invalid(format!("--mode: bad mode index {k}")))?;
+                let m = FaceModel::load(path)?;
+                if k >= m.num_shape() {
+                    return Err(fml::Error::invalid(format!(
+                        "--mode {k}: {path} has {} identity modes",
+                        m.num_shape()
+                    )));
+                }
+                let n3 = m.num_vertices() * 3;
+                mode = Some((k, m.shape_basis[k * n3..(k + 1) * n3].to_vec()));
+            }
+            "--refit" => {
+                let Some(v) = rest.next() else { usage() };
+                refit = v.parse().map_err(|_| fml::Error::invalid(format!("--refit: bad step count {v}")))?;
+            }
+            _ => usage(),
+        }
+    }
+    let dev = Device::Cpu;
+    let t = fml::infer::load_run(&PathBuf::from(&args[1]), &dev)?;
+    let ds = Dataset::open(&args[2])?;
+    let net = &t.net;
+    let n = net.face_model.num_vertices();
+    if let Some((_, d)) = &mode
+        && d.len() != n * 3
+    {
+        return Err(fml::Error::invalid(format!("--mode model has {} vertices, the run's model {n}", d.len() / 3)));
+    }
+    let shifts = [-2.0f64, -1.0, 0.0, 1.0, 2.0, 3.0];
+    let size = ds.size() as usize;
+    // Sums over the validation images: [predicted, true, true aligned] geometry x [predicted, true]
+    // appearance.
+    let mut e = [[0f64; 2]; 3];
+    let mut along = vec![0f64; shifts.len()];
+    // [predicted, true] geometry with the pose re-fitted.
+    let mut refitted = [0f64; 2];
+    // Mean change of the pose by the re-fit of the predicted geometry: degrees, millimetres.
+    let mut pose_change = [0f64; 2];
+    let mut count = 0f64;
+    for i in ds.indices(Some(Split::Val)) {
+        let rec = ds.read(i)?;
+        let stem = PathBuf::from(&ds.header().records[i].source);
+        let chw: Vec<f32> = (0..3)
+            .flat_map(|c| (0..size * size).map(move |p| (c, p)))
+            .map(|(c, p)| rec.image[p * 3 + c] as f32 / 255.0)
+            .collect();
+        let hwc: Vec<f32> = rec.image.iter().map(|&x| x as f32 / 255.0).collect();
+        let image = Tensor::from_vec(hwc, (1, size, size, 3), &dev)?; // [1, H, W, 3]
+        let pred = net.predict(&Tensor::from_vec(chw, (1, 3, size, size), &dev)?)?;
+
+        let gt = Mesh::load_obj(stem.with_extension("obj"))?;
+        if gt.vertices.len() != n {
+            return Err(fml::Error::invalid(format!(
+                "{}: {} vertices, the run's model has {n} (use a synth folder of the run's model)",
+                stem.with_extension("obj").display(),
+                gt.vertices.len()
+            )));
+        }
+        let colours = gt.colors.clone().ok_or_else(|| {
+            fml::Error::invalid(format!(
+                "{}: no vertex colours (true reflectance)",
+                stem.with_extension("obj").display()
+            ))
+        })?;
+        let json_path = stem.with_extension("json");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&json_path).map_err(|e| fml::Error::io(json_path.display().to_string(), e))?,
+        )
+        .map_err(|e| fml::Error::invalid(format!("{}: {e}", json_path.display())))?;
+        let gamma: Vec<f32> = json["gamma"]
+            .as_array()
+            .filter(|a| a.len() == 27)
+            .ok_or_else(|| {
+                fml::Error::invalid(format!("{}: no 27 SH coefficients under \"gamma\"", json_path.display()))
+            })?
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
+            .collect();
+
+        let flat = |v: &[[f32; 3]]| -> fml::Result<Tensor> {
+            Ok(Tensor::from_vec(v.iter().flatten().copied().collect::<Vec<f32>>(), (1, n, 3), &dev)?) // [1, N, 3]
+        };
+        let true_geometry = flat(&gt.vertices)?;
+        let predicted = fml::face_model::to_vec3(&pred.levels.base_geometry.flatten_all()?.to_vec1::<f32>()?);
+        let pick = |v: &[[f32; 3]]| -> Vec<[f64; 3]> {
+            net.face_model.face_region.iter().map(|&k| v[k as usize].map(f64::from)).collect()
+        };
+        let rigid = fml::eval::similarity::umeyama(&pick(&gt.vertices), &pick(&predicted), None, false)?;
+        let aligned: Vec<[f32; 3]> = gt.vertices.iter().map(|&p| rigid.apply_f32(p)).collect();
+        let aligned_geometry = flat(&aligned)?;
+        let true_reflectance = flat(&colours)?;
+        let true_gamma = Tensor::from_vec(gamma, (1, 27), &dev)?;
+        // E_photo at the run's predicted pose, for a given geometry and appearance.
+        let photo = |vertices: &Tensor, reflectance: &Tensor, gamma: &Tensor| -> fml::Result<f64> {
+            let r = net.formation.render(&RenderInput {
+                vertices,
+                reflectance,
+                rotation: &pred.params.rotation,
+                translation: &pred.params.translation,
+                gamma,
+                image: &image,
+            })?;
+            Ok(net.formation.photometric(&r)?.to_vec1::<f32>()?[0] as f64)
+        };
+        let (pg, pr, pl) = (&pred.levels.base_geometry, &pred.levels.base_reflectance, &pred.params.gamma);
+        e[0][0] += photo(pg, pr, pl)?;
+        e[1][0] += photo(&true_geometry, pr, pl)?;
+        e[0][1] += photo(pg, &true_reflectance, &true_gamma)?;
+        e[1][1] += photo(&true_geometry, &true_reflectance, &true_gamma)?;
+        e[2][0] += photo(&aligned_geometry, pr, pl)?;
+        e[2][1] += photo(&aligned_geometry, &true_reflectance, &true_gamma)?;
+        if refit > 0 {
+            for (j, g) in [pg, &true_geometry].into_iter().enumerate() {
+                let (rotation, translation) =
+                    (Var::from_tensor(&pred.params.rotation)?, Var::from_tensor(&pred.params.translation)?);
+                // Radians and millimetres: one Adam per unit, steps of ~0.1 deg and ~0.2 mm.
+                let adam = |v: &Var, lr: f64| {
+                    AdamW::new(vec![v.clone()], ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })
+                };
+                let (mut opt_r, mut opt_t) = (adam(&rotation, 2e-3)?, adam(&translation, 0.2)?);
+                let energy = || -> fml::Result<Tensor> {
+                    let r = net.formation.render(&RenderInput {
+                        vertices: g,
+                        reflectance: &true_reflectance,
+                        rotation: rotation.as_tensor(),
+                        translation: translation.as_tensor(),
+                        gamma: &true_gamma,
+                        image: &image,
+                    })?;
+                    Ok(net.formation.photometric(&r)?.sum_all()?)
+                };
+                for _ in 0..refit {
+                    let grads = energy()?.backward()?;
+                    opt_r.step(&grads)?;
+                    opt_t.step(&grads)?;
+                }
+                refitted[j] += energy()?.to_scalar::<f32>()? as f64;
+                if j == 0 {
+                    let norm = |a: &Tensor, b: &Tensor| -> fml::Result<f64> {
+                        Ok((a - b)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
+                    };
+                    pose_change[0] += norm(rotation.as_tensor(), &pred.params.rotation)?.to_degrees();
+                    pose_change[1] += norm(translation.as_tensor(), &pred.params.translation)?;
+                }
+            }
+        }
+        if let Some((_, d)) = &mode {
+            let dir = Tensor::from_slice(d, (1, n, 3), &dev)?;
+            for (j, s) in shifts.iter().enumerate() {
+                along[j] += photo(&(pg + (&dir * *s)?)?, &true_reflectance, &true_gamma)?;
+            }
+        }
+        count += 1.0;
+    }
+    if count == 0.0 {
+        return Err(fml::Error::invalid(format!("{}: no validation records", args[2])));
+    }
+    let rel = |a: f64, b: f64| 100.0 * (b - a) / a;
+    println!("E_photo over {count} validation images, at the run's predicted pose:");
+    for (a, name) in ["predicted", "true"].iter().enumerate() {
+        println!(
+            "  {name:>9} reflectance+light: predicted geometry {:.5}, true {:.5} ({:+.2} %), true aligned {:.5} ({:+.2} %)",
+            e[0][a] / count,
+            e[1][a] / count,
+            rel(e[0][a], e[1][a]),
+            e[2][a] / count,
+            rel(e[0][a], e[2][a])
+        );
+    }
+    if refit > 0 {
+        println!(
+            "  pose re-fitted ({refit} steps), true reflectance+light: predicted geometry {:.5}, true {:.5} ({:+.2} %)",
+            refitted[0] / count,
+            refitted[1] / count,
+            rel(refitted[0], refitted[1])
+        );
+        println!(
+            "    the re-fit moved the predicted geometry's pose by {:.2} deg (Euler angles) and {:.2} mm on average",
+            pose_change[0] / count,
+            pose_change[1] / count
+        );
+    }
+    if let Some((k, _)) = mode {
+        println!("  predicted geometry + t x identity mode {k} (true reflectance+light):");
+        for (j, s) in shifts.iter().enumerate() {
+            println!("    t = {s:+.1}: {:.5} ({:+.3} %)", along[j] / count, rel(along[2], along[j]));
+        }
+    }
+    Ok(())
+}
