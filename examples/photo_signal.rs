@@ -14,7 +14,12 @@
 //! are trained by E_photo alone (E_sparse acts on the base level), so they can only learn
 //! geometry that lowers E_photo more than appearance changes do.
 //!
-//! cargo run --release --example photo_signal -- RUN DATASET.fmlds [--mode K MODEL.safetensors]
+//! With `--refit STEPS` the pose is also re-fitted to the predicted and to the true geometry
+//! (Adam on E_photo alone from the predicted pose, under the true reflectance and light): the
+//! run's pose was regressed together with its own geometry, so at that pose E_photo can prefer the
+//! predicted shape to the true one even where the true shape wins at its own best pose.
+//!
+//! cargo run --release --example photo_signal -- RUN DATASET.fmlds [--mode K MODEL.safetensors] [--refit STEPS]
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
