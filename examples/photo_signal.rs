@@ -3,8 +3,9 @@
 //! on the validation images at the run's own base-level fit while swapping in pieces of the
 //! ground truth:
 //! - predicted geometry vs the true mesh, under the predicted reflectance and light; the true mesh
-//!   both as it is (model frame) and rigidly aligned to the predicted one over the face region
-//!   (the true shape where the fit put its face: the run's pose was fitted with its own geometry);
+//!   both as it is (model frame) and aligned to the predicted one over the face region, rigidly
+//!   and with a similarity (the true shape where the fit put its face, at the fit's size: the
+//!   run's pose was fitted with its own geometry, and the per-vertex metric ignores scale);
 //! - the same under the true reflectance (the `.obj` colours) and true SH light (the `.json`),
 //!   which isolates the geometry's share from the appearance's;
 //! - optionally the predicted geometry moved along one identity mode of a model file by
@@ -74,9 +75,9 @@ fn main() -> fml::Result<()> {
     }
     let shifts = [-2.0f64, -1.0, 0.0, 1.0, 2.0, 3.0];
     let size = ds.size() as usize;
-    // Sums over the validation images: [predicted, true, true aligned] geometry x [predicted, true]
-    // appearance.
-    let mut e = [[0f64; 2]; 3];
+    // Sums over the validation images: [predicted, true, true rigidly aligned, true similarity
+    // aligned] geometry x [predicted, true] appearance.
+    let mut e = [[0f64; 2]; 4];
     let mut along = vec![0f64; shifts.len()];
     // [predicted, true] geometry with the pose re-fitted.
     let mut refitted = [0f64; 2];
@@ -131,9 +132,11 @@ fn main() -> fml::Result<()> {
         let pick = |v: &[[f32; 3]]| -> Vec<[f64; 3]> {
             net.face_model.face_region.iter().map(|&k| v[k as usize].map(f64::from)).collect()
         };
-        let rigid = fml::eval::similarity::umeyama(&pick(&gt.vertices), &pick(&predicted), None, false)?;
-        let aligned: Vec<[f32; 3]> = gt.vertices.iter().map(|&p| rigid.apply_f32(p)).collect();
-        let aligned_geometry = flat(&aligned)?;
+        let align = |with_scale: bool| -> fml::Result<Tensor> {
+            let sim = fml::eval::similarity::umeyama(&pick(&gt.vertices), &pick(&predicted), None, with_scale)?;
+            flat(&gt.vertices.iter().map(|&p| sim.apply_f32(p)).collect::<Vec<_>>())
+        };
+        let (rigid_geometry, similar_geometry) = (align(false)?, align(true)?);
         let true_reflectance = flat(&colours)?;
         let true_gamma = Tensor::from_vec(gamma, (1, 27), &dev)?;
         // E_photo at the run's predicted pose, for a given geometry and appearance.
@@ -153,8 +156,10 @@ fn main() -> fml::Result<()> {
         e[1][0] += photo(&true_geometry, pr, pl)?;
         e[0][1] += photo(pg, &true_reflectance, &true_gamma)?;
         e[1][1] += photo(&true_geometry, &true_reflectance, &true_gamma)?;
-        e[2][0] += photo(&aligned_geometry, pr, pl)?;
-        e[2][1] += photo(&aligned_geometry, &true_reflectance, &true_gamma)?;
+        for (j, g) in [&rigid_geometry, &similar_geometry].into_iter().enumerate() {
+            e[2 + j][0] += photo(g, pr, pl)?;
+            e[2 + j][1] += photo(g, &true_reflectance, &true_gamma)?;
+        }
         if refit > 0 {
             for (j, g) in [pg, &true_geometry].into_iter().enumerate() {
                 let (rotation, translation) =
@@ -204,13 +209,13 @@ fn main() -> fml::Result<()> {
     let rel = |a: f64, b: f64| 100.0 * (b - a) / a;
     println!("E_photo over {count} validation images, at the run's predicted pose:");
     for (a, name) in ["predicted", "true"].iter().enumerate() {
+        let column = |g: usize| format!("{:.5} ({:+.2} %)", e[g][a] / count, rel(e[0][a], e[g][a]));
         println!(
-            "  {name:>9} reflectance+light: predicted geometry {:.5}, true {:.5} ({:+.2} %), true aligned {:.5} ({:+.2} %)",
+            "  {name:>9} reflectance+light: predicted geometry {:.5}; true {}, rigidly aligned {}, similarity aligned {}",
             e[0][a] / count,
-            e[1][a] / count,
-            rel(e[0][a], e[1][a]),
-            e[2][a] / count,
-            rel(e[0][a], e[2][a])
+            column(1),
+            column(2),
+            column(3)
         );
     }
     if refit > 0 {
