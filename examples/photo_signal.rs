@@ -20,7 +20,10 @@
 //! run's pose was regressed together with its own geometry, so at that pose E_photo can prefer the
 //! predicted shape to the true one even where the true shape wins at its own best pose.
 //!
-//! cargo run --release --example photo_signal -- RUN DATASET.fmlds [--mode K MODEL.safetensors] [--refit STEPS]
+//! `--max IMAGES` uses only the first validation images (the re-fit costs 2 x STEPS renderings
+//! per image).
+//!
+//! cargo run --release --example photo_signal -- RUN DATASET.fmlds [--mode K MODEL.safetensors] [--refit STEPS] [--max IMAGES]
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -33,13 +36,13 @@ use std::path::PathBuf;
 fn main() -> fml::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: photo_signal RUN DATASET.fmlds [--mode K MODEL.safetensors] [--refit STEPS]");
+        eprintln!("usage: photo_signal RUN DATASET.fmlds [--mode K MODEL.safetensors] [--refit STEPS] [--max IMAGES]");
         std::process::exit(2);
     };
     if args.len() < 3 {
         usage();
     }
-    let (mut mode, mut refit) = (None, 0usize);
+    let (mut mode, mut refit, mut max) = (None, 0usize, usize::MAX);
     let mut rest = args[3..].iter();
     while let Some(flag) = rest.next() {
         match flag.as_str() {
@@ -55,6 +58,10 @@ fn main() -> fml::Result<()> {
                 }
                 let n3 = m.num_vertices() * 3;
                 mode = Some((k, m.shape_basis[k * n3..(k + 1) * n3].to_vec()));
+            }
+            "--max" => {
+                let Some(v) = rest.next() else { usage() };
+                max = v.parse().map_err(|_| fml::Error::invalid(format!("--max: bad image count {v}")))?;
             }
             "--refit" => {
                 let Some(v) = rest.next() else { usage() };
@@ -84,7 +91,7 @@ fn main() -> fml::Result<()> {
     // Mean change of the pose by the re-fit of the predicted geometry: degrees, millimetres.
     let mut pose_change = [0f64; 2];
     let mut count = 0f64;
-    for i in ds.indices(Some(Split::Val)) {
+    for i in ds.indices(Some(Split::Val)).into_iter().take(max) {
         let rec = ds.read(i)?;
         let stem = PathBuf::from(&ds.header().records[i].source);
         let chw: Vec<f32> = (0..3)
