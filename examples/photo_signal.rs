@@ -94,10 +94,7 @@ fn main() -> fml::Result<()> {
     for i in ds.indices(Some(Split::Val)).into_iter().take(max) {
         let rec = ds.read(i)?;
         let stem = PathBuf::from(&ds.header().records[i].source);
-        let chw: Vec<f32> = (0..3)
-            .flat_map(|c| (0..size * size).map(move |p| (c, p)))
-            .map(|(c, p)| rec.image[p * 3 + c] as f32 / 255.0)
-            .collect();
+        let chw = fml::data::image::rgb8_to_planar(&rec.image);
         let hwc: Vec<f32> = rec.image.iter().map(|&x| x as f32 / 255.0).collect();
         let image = Tensor::from_vec(hwc, (1, size, size, 3), &dev)?; // [1, H, W, 3]
         let pred = net.predict(&Tensor::from_vec(chw, (1, 3, size, size), &dev)?)?;

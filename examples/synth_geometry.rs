@@ -26,10 +26,7 @@ fn main() -> fml::Result<()> {
     let mut p2s = [0f64; 3];
     for i in ds.indices(Some(Split::Val)) {
         let rec = ds.read(i)?;
-        let img: Vec<f32> = (0..3)
-            .flat_map(|c| (0..size * size).map(move |p| (c, p)))
-            .map(|(c, p)| rec.image[p * 3 + c] as f32 / 255.0)
-            .collect();
+        let img = fml::data::image::rgb8_to_planar(&rec.image);
         let pred = t.net.predict(&Tensor::from_vec(img, (1, 3, size, size), &Device::Cpu)?)?;
         let v = |t: Tensor| -> fml::Result<Vec<[f32; 3]>> {
             Ok(fml::face_model::to_vec3(&t.flatten_all()?.to_vec1::<f32>()?))

@@ -81,10 +81,7 @@ fn geometry_errors(run_dir: &Path, data: &Path) -> (f64, f64, f64) {
     let (mut eb, mut ef, mut em) = (0.0, 0.0, 0.0);
     for &i in &idx {
         let rec = ds.read(i).unwrap();
-        let img: Vec<f32> = (0..3)
-            .flat_map(|c| (0..size * size).map(move |p| (c, p)))
-            .map(|(c, p)| rec.image[p * 3 + c] as f32 / 255.0)
-            .collect();
+        let img = fml::data::image::rgb8_to_planar(&rec.image);
         let pred = t.net.predict(&Tensor::from_vec(img, (1, 3, size, size), &Device::Cpu).unwrap()).unwrap();
         let gt = Mesh::load_obj(PathBuf::from(&ds.header().records[i].source).with_extension("obj")).unwrap().vertices;
         eb += aligned_vertex_error(&v(pred.levels.base_geometry.clone()), &gt, &model.face_region).unwrap();

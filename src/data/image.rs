@@ -64,10 +64,30 @@ pub fn to_rgb8(img: &DynamicImage) -> RgbImage {
     out
 }
 
+/// Interleaved 8-bit RGB `[H*W*3]` to the encoder's planar layout `[3, H*W]` in [0, 1], with the
+/// training loader's exact `v / 255` (so inference and evaluation see the values training saw).
+pub fn rgb8_to_planar(raw: &[u8]) -> Vec<f32> {
+    let plane = raw.len() / 3;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in raw.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = px[c] as f32 / 255.0;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
+
+    #[test]
+    fn planar_layout_splits_the_channels() {
+        // Two pixels: (255, 0, 51) and (102, 153, 204).
+        let out = rgb8_to_planar(&[255, 0, 51, 102, 153, 204]);
+        assert_eq!(out, vec![1.0, 102.0 / 255.0, 0.0, 153.0 / 255.0, 51.0 / 255.0, 204.0 / 255.0]);
+    }
 
     fn encode(img: &DynamicImage, format: image::ImageFormat) -> Vec<u8> {
         let mut buf = std::io::Cursor::new(Vec::new());

@@ -438,14 +438,7 @@ fn prepare_pose(entry: &PoseEntry, size: usize, cfg: &EvalConfig) -> std::result
     } else {
         None
     };
-    let raw = crop.image.as_raw();
-    let plane = size * size;
-    let mut chw = vec![0f32; 3 * plane];
-    for (i, px) in raw.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            chw[c * plane + i] = px[c] as f32 / 255.0;
-        }
-    }
+    let chw = crate::data::image::rgb8_to_planar(crop.image.as_raw());
     Ok(Prepared { entry: entry.clone(), chw, gt, gt_landmarks })
 }
 

@@ -259,15 +259,7 @@ fn crop_input(
 /// Crop images `[S, S, 3]` u8 to the encoder's `[B, 3, S, S]` in [0, 1] (same `v / 255` as the
 /// training loader).
 fn to_batch(crops: &[&RgbImage], s: usize, device: &Device) -> Result<Tensor> {
-    let plane = s * s;
-    let mut data = vec![0f32; crops.len() * 3 * plane];
-    for (img, out) in crops.iter().zip(data.chunks_exact_mut(3 * plane)) {
-        for (i, p) in img.as_raw().chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * plane + i] = p[c] as f32 / 255.0;
-            }
-        }
-    }
+    let data: Vec<f32> = crops.iter().flat_map(|img| crate::data::image::rgb8_to_planar(img.as_raw())).collect();
     Ok(Tensor::from_vec(data, (crops.len(), 3, s, s), device)?)
 }
 
