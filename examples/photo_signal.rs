@@ -9,7 +9,14 @@
 //! - the same under the true reflectance (the `.obj` colours) and true SH light (the `.json`),
 //!   which isolates the geometry's share from the appearance's;
 //! - optionally the predicted geometry moved along one identity mode of a model file by
-//!   -2..+3 units (`--mode K MODEL`), to see whether a corrective along it could lower E_photo.
+//!   -2..+3 units (`--mode K MODEL`), to see whether a corrective along it could lower E_photo;
+//!   with it, per image: the best shift on a grid of -8..+8 in steps of 0.5 (under the predicted
+//!   and under the true appearance) against the image's true coefficient K, how much lower
+//!   E_photo is there, and the gradient of E_photo (predicted appearance, what training sees)
+//!   w.r.t. the vertices: its cosine with the mode and with the similarity motions (translations,
+//!   scale, rotations about the centroid), and how its mode component follows the true
+//!   coefficient. A missing mode that correctives can learn from E_photo shows as a per-image
+//!   optimum that follows the true coefficient.
 //!
 //! This is the check behind the README's note on the final level's geometric gain: correctives
 //! are trained by E_photo alone (E_sparse acts on the base level), so they can only learn
@@ -91,6 +98,7 @@ fn main() -> fml::Result<()> {
     // Mean change of the pose by the re-fit of the predicted geometry: degrees, millimetres.
     let mut pose_change = [0f64; 2];
     let mut count = 0f64;
+    let mut per_image: Vec<AlongMode> = Vec::new();
     for i in ds.indices(Some(Split::Val)).into_iter().take(max) {
         let rec = ds.read(i)?;
         let stem = PathBuf::from(&ds.header().records[i].source);
@@ -204,6 +212,28 @@ fn main() -> fml::Result<()> {
             for (j, s) in shifts.iter().enumerate() {
                 along[j] += photo(&(pg + (&dir * *s)?)?, &true_reflectance, &true_gamma)?;
             }
+            let k = mode.as_ref().map_or(0, |m| m.0);
+            let truth = json["coefficients"]["shape"][k].as_f64().unwrap_or(f64::NAN);
+            let mut best = [(f64::INFINITY, 0f64); 2];
+            for q in -16..=16 {
+                let s = q as f64 * 0.5;
+                let g = (pg + (&dir * s)?)?;
+                for (a, (r, l)) in [(pr, pl), (&true_reflectance, &true_gamma)].into_iter().enumerate() {
+                    let v = photo(&g, r, l)?;
+                    if v < best[a].0 {
+                        best[a] = (v, s);
+                    }
+                }
+            }
+            let e0 = photo(pg, pr, pl)?;
+            let cosines = gradient_cosines(net, &pred, &image, d)?;
+            per_image.push(AlongMode {
+                truth,
+                best_predicted: best[0].1,
+                best_true: best[1].1,
+                gain: (e0 - best[0].0) / e0,
+                cosines,
+            });
         }
         count += 1.0;
     }
@@ -235,6 +265,35 @@ fn main() -> fml::Result<()> {
             pose_change[1] / count
         );
     }
+    if !per_image.is_empty() {
+        let col = |f: &dyn Fn(&AlongMode) -> f64| per_image.iter().map(f).collect::<Vec<f64>>();
+        let truth = col(&|p| p.truth);
+        let fit = |ys: Vec<f64>| fml::eval::linear_fit(&truth, &ys);
+        let (pred_app, true_app) = (fit(col(&|p| p.best_predicted)), fit(col(&|p| p.best_true)));
+        println!(
+            "  per-image best shift along the mode vs the true coefficient: predicted appearance r = {:.3} (slope {:.3}), true appearance r = {:.3} (slope {:.3}); E_photo there {:.2} % lower (predicted appearance)",
+            pred_app.r,
+            pred_app.slope,
+            true_app.r,
+            true_app.slope,
+            100.0 * fml::eval::summary(&col(&|p| p.gain)).0
+        );
+        let names = ["mode", "tx", "ty", "tz", "scale", "rx", "ry", "rz"];
+        let rms: Vec<String> = (0..8)
+            .map(|j| {
+                format!(
+                    "{}={:.3}",
+                    names[j],
+                    (col(&|p| p.cosines[j] * p.cosines[j]).iter().sum::<f64>() / count).sqrt()
+                )
+            })
+            .collect();
+        println!("  cosine of dE_photo/dV with unit directions, RMS over the images: {}", rms.join(" "));
+        println!(
+            "  its mode component vs the true coefficient: r = {:.3} (negative: descent moves toward the truth)",
+            fit(col(&|p| p.cosines[0])).r
+        );
+    }
     if let Some((k, _)) = mode {
         println!("  predicted geometry + t x identity mode {k} (true reflectance+light):");
         for (j, s) in shifts.iter().enumerate() {
@@ -242,4 +301,74 @@ fn main() -> fml::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One image's measurements along the `--mode` direction.
+struct AlongMode {
+    /// The image's true coefficient of the mode.
+    truth: f64,
+    /// Shift of the fit along the mode with the lowest E_photo under the predicted and under the
+    /// true reflectance and light (grid -8..+8, step 0.5).
+    best_predicted: f64,
+    best_true: f64,
+    /// Relative E_photo reduction at `best_predicted` (predicted appearance).
+    gain: f64,
+    /// [`gradient_cosines`].
+    cosines: [f64; 8],
+}
+
+/// Cosines of the gradient of E_photo (the run's base-level fit: predicted geometry, reflectance,
+/// light and pose) w.r.t. the vertex positions with unit directions in the model frame: `mode`
+/// `[3N]`, the three translations, scaling about the centroid and the three rotations about it.
+fn gradient_cosines(
+    net: &fml::network::FaceNet,
+    pred: &fml::network::Prediction,
+    image: &Tensor,
+    mode: &[f32],
+) -> fml::Result<[f64; 8]> {
+    let vertices = Var::from_tensor(&pred.levels.base_geometry)?; // [1, N, 3]
+    let r = net.formation.render(&RenderInput {
+        vertices: vertices.as_tensor(),
+        reflectance: &pred.levels.base_reflectance,
+        rotation: &pred.params.rotation,
+        translation: &pred.params.translation,
+        gamma: &pred.params.gamma,
+        image,
+    })?;
+    let grads = net.formation.photometric(&r)?.sum_all()?.backward()?;
+    let g = grads.get(vertices.as_tensor()).expect("vertex gradient").flatten_all()?.to_vec1::<f32>()?;
+    let v = vertices.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let n = v.len() / 3;
+    let c: [f32; 3] = std::array::from_fn(|a| (0..n).map(|i| v[i * 3 + a]).sum::<f32>() / n as f32);
+    let mut dirs: Vec<Vec<f32>> = vec![mode.to_vec()];
+    for a in 0..3 {
+        dirs.push((0..n * 3).map(|j| if j % 3 == a { 1.0 } else { 0.0 }).collect());
+    }
+    dirs.push((0..n * 3).map(|j| v[j] - c[j % 3]).collect());
+    for a in 0..3 {
+        // e_a x (v - c)
+        dirs.push(
+            (0..n * 3)
+                .map(|j| {
+                    let (i, b) = (j / 3, j % 3);
+                    let p = |k: usize| v[i * 3 + k] - c[k];
+                    match (a, b) {
+                        (0, 1) => -p(2),
+                        (0, 2) => p(1),
+                        (1, 0) => p(2),
+                        (1, 2) => -p(0),
+                        (2, 0) => -p(1),
+                        (2, 1) => p(0),
+                        _ => 0.0,
+                    }
+                })
+                .collect(),
+        );
+    }
+    let norm = |x: &[f32]| x.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+    let gn = norm(&g);
+    Ok(std::array::from_fn(|k| {
+        let d = &dirs[k];
+        g.iter().zip(d).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (norm(d) * gn)
+    }))
 }

@@ -2,7 +2,15 @@
 //! `fml synth` folder of the same face model (same topology): per-vertex distance over the face
 //! region after a similarity alignment, for the base and final level and for the mean face.
 //!
-//! cargo run --release --example synth_geometry -- RUN DATASET.fmlds
+//! With `--probe MODEL K`: how much of identity mode K of MODEL (a world mode the run's base
+//! model lacks) the final level's geometry correctives carry: per face the least-squares
+//! coefficient of the corrective offset along the mode (over the face region), against the true
+//! coefficient (`r`, slope; the per-image photometric optimum is printed by `photo_signal
+//! --mode`), and the offset split into its mean over the faces and the per-face rest (a constant
+//! correction needs no per-image regression; learning a missing identity mode does).
+//! `--split train` measures on (up to 200) training records instead of the validation split.
+//!
+//! cargo run --release --example synth_geometry -- RUN DATASET.fmlds [--split train|val] [--probe MODEL.safetensors K]
 
 use candle_core::{Device, Tensor};
 use fml::data::dataset::{Dataset, Split};
@@ -11,9 +19,33 @@ use std::path::PathBuf;
 
 fn main() -> fml::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        eprintln!("usage: synth_geometry RUN DATASET.fmlds");
+    let usage = || -> ! {
+        eprintln!("usage: synth_geometry RUN DATASET.fmlds [--split train|val] [--probe MODEL.safetensors K]");
         std::process::exit(2);
+    };
+    if args.len() < 3 {
+        usage();
+    }
+    let (mut split, mut probe) = (Split::Val, None);
+    let mut rest = args[3..].iter();
+    while let Some(flag) = rest.next() {
+        match (flag.as_str(), rest.next()) {
+            ("--split", Some(s)) if s == "train" => split = Split::Train,
+            ("--split", Some(s)) if s == "val" => split = Split::Val,
+            ("--probe", Some(path)) => {
+                let Some(k) = rest.next().and_then(|k| k.parse::<usize>().ok()) else { usage() };
+                let m = fml::face_model::FaceModel::load(path)?;
+                if k >= m.num_shape() {
+                    return Err(fml::Error::invalid(format!(
+                        "--probe {k}: {path} has {} identity modes",
+                        m.num_shape()
+                    )));
+                }
+                let n3 = m.num_vertices() * 3;
+                probe = Some((k, m.shape_basis[k * n3..(k + 1) * n3].to_vec()));
+            }
+            _ => usage(),
+        }
     }
     let t = fml::infer::load_run(&PathBuf::from(&args[1]), &Device::Cpu)?;
     let ds = Dataset::open(&args[2])?;
@@ -24,7 +56,21 @@ fn main() -> fml::Result<()> {
     // Predicted vs true coefficients (model units), for a per-mode correlation report.
     let mut pairs: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     let mut p2s = [0f64; 3];
-    for i in ds.indices(Some(Split::Val)) {
+    // --probe: (coefficient of the corrective along the mode, true coefficient) per face, and the
+    // corrective offsets over the face region.
+    let (mut along, mut offsets): (Vec<(f64, f64)>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+    if let Some((_, mode)) = &probe
+        && mode.len() != model.num_vertices() * 3
+    {
+        return Err(fml::Error::invalid(format!(
+            "--probe model has {} vertices, the run's model {}",
+            mode.len() / 3,
+            model.num_vertices()
+        )));
+    }
+    let region3: Vec<usize> = model.face_region.iter().flat_map(|&v| (0..3).map(move |c| v as usize * 3 + c)).collect();
+    let cap = if split == Split::Train { 200 } else { usize::MAX };
+    for i in ds.indices(Some(split)).into_iter().take(cap) {
         let rec = ds.read(i)?;
         let img = fml::data::image::rgb8_to_planar(&rec.image);
         let pred = t.net.predict(&Tensor::from_vec(img, (1, 3, size, size), &Device::Cpu)?)?;
@@ -56,6 +102,13 @@ fn main() -> fml::Result<()> {
                 .map_err(|e| fml::Error::io("json", e))?,
         )
         .expect("synth json");
+        if let (Some((k, mode)), Some(off)) = (&probe, &pred.levels.geometry_offset) {
+            let off = off.flatten_all()?.to_vec1::<f32>()?;
+            let dot = |a: &[f32], b: &[f32]| region3.iter().map(|&j| a[j] as f64 * b[j] as f64).sum::<f64>();
+            let truth = rec["coefficients"]["shape"][*k].as_f64().unwrap_or(f64::NAN);
+            along.push((dot(&off, mode) / dot(mode, mode), truth));
+            offsets.push(region3.iter().map(|&j| off[j] as f64).collect());
+        }
         let truth: Vec<f32> = ["shape", "expression"]
             .iter()
             .flat_map(|k| {
@@ -75,14 +128,31 @@ fn main() -> fml::Result<()> {
         let corr: Vec<String> = (0..k)
             .map(|m| {
                 let (xs, ys): (Vec<f64>, Vec<f64>) = pairs.iter().map(|(p, t)| (p[m] as f64, t[m] as f64)).unzip();
-                let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-                let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-                let vx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-                let vy: f64 = ys.iter().map(|y| (y - my).powi(2)).sum();
-                format!("{m}:{:.2}", cov / (vx * vy).sqrt().max(1e-12))
+                format!("{m}:{:.2}", fml::eval::linear_fit(&xs, &ys).r)
             })
             .collect();
         println!("correlation of predicted and true coefficients (shape then expression): {}", corr.join(" "));
+    }
+    if let Some((k, _)) = &probe {
+        if offsets.is_empty() {
+            return Err(fml::Error::invalid(format!("--probe: {} has no correctives", args[1])));
+        }
+        let (xs, ys): (Vec<f64>, Vec<f64>) = along.iter().copied().unzip();
+        let f = fml::eval::linear_fit(&ys, &xs);
+        println!(
+            "corrective along mode {k}: r = {:.3}, slope {:.3} per unit of the true coefficient, mean {:+.3}, SD {:.3} (true coefficients: SD {:.3})",
+            f.r, f.slope, f.mean.1, f.sd.1, f.sd.0
+        );
+        let m = offsets.len() as f64;
+        let mean: Vec<f64> = (0..region3.len()).map(|j| offsets.iter().map(|o| o[j]).sum::<f64>() / m).collect();
+        let per_vertex = |ss: f64| (ss / model.face_region.len() as f64).sqrt();
+        let rest: f64 =
+            offsets.iter().map(|o| o.iter().zip(&mean).map(|(a, b)| (a - b).powi(2)).sum::<f64>()).sum::<f64>() / m;
+        println!(
+            "corrective offset, RMS per vertex: mean over the faces {:.3} mm, per-face rest {:.3} mm",
+            per_vertex(mean.iter().map(|x| x * x).sum()),
+            per_vertex(rest)
+        );
     }
     if p2s[2] > 0.0 {
         println!(
@@ -92,6 +162,7 @@ fn main() -> fml::Result<()> {
             p2s[2] / n
         );
     }
-    println!("{} validation faces: base {:.3} mm, final {:.3} mm, mean face {:.3} mm", n, eb / n, ef / n, em / n);
+    let which = if split == Split::Train { "training" } else { "validation" };
+    println!("{} {which} faces: base {:.3} mm, final {:.3} mm, mean face {:.3} mm", n, eb / n, ef / n, em / n);
     Ok(())
 }

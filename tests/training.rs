@@ -182,6 +182,15 @@ fn shipped_configs_load_and_follow_the_paper() {
     assert_eq!((truncated.model.shape_modes, truncated.model.expr_modes), (Some(1), Some(1)));
     let world = fml::synth::SynthConfig::load_toml(root.join("truncated-synth.toml")).unwrap();
     assert_eq!((world.shape_scale, world.focal_range, world.centre_jitter), (2.0, [850.0, 850.0], 0.0));
+    // Its oracle variant finetunes the same network with a fixed basis row and no corrective
+    // regularisers.
+    let oracle = Config::load(root.join("truncated-oracle.toml")).unwrap();
+    assert_eq!(
+        (&oracle.model, &oracle.encoder, &oracle.camera),
+        (&truncated.model, &truncated.encoder, &truncated.camera)
+    );
+    assert_eq!(oracle.correctives, truncated.correctives);
+    assert_eq!((oracle.optim.lr_geometry, oracle.loss.sta, oracle.loss.smo), (0.0, 0.0, 0.0));
 }
 
 #[test]

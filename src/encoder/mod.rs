@@ -219,6 +219,14 @@ impl Encoder {
     /// # Shapes
     /// `images`: `[B, 3, S, S]` in [0, 1] (S = `input_size`) -> `[B, num_outputs]`.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.head.forward(&self.features(images)?)?)
+    }
+
+    /// The last hidden layer's activations, the input of the output layer.
+    ///
+    /// # Shapes
+    /// `images`: `[B, 3, S, S]` in [0, 1] -> `[B, F]` (F = the last `fc` width).
+    pub fn features(&self, images: &Tensor) -> Result<Tensor> {
         let s = self.config.input_size;
         match images.dims() {
             &[_, 3, h, w] if h == s && w == s => {}
@@ -237,7 +245,7 @@ impl Encoder {
         for fc in &self.fcs {
             x = fc.forward(&x)?.relu()?;
         }
-        Ok(self.head.forward(&x)?)
+        Ok(x)
     }
 }
 

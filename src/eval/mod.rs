@@ -19,4 +19,4 @@ pub use closest::closest_point_on_triangle;
 pub use icp::{Alignment, IcpConfig, align, init_from_centroids, init_from_landmarks};
 pub use region::{face_region_by_radius, nose_tip_by_max_z};
 pub use similarity::{Similarity, aligned_vertex_error, umeyama};
-pub use stats::{DistanceStats, distance_stats, median, summary, summary_with_ddof};
+pub use stats::{DistanceStats, LinearFit, distance_stats, linear_fit, median, summary, summary_with_ddof};

@@ -60,6 +60,27 @@ pub fn distance_stats(distances: &[f32]) -> DistanceStats {
     DistanceStats { mean, sd, median: median(&v), rmse }
 }
 
+/// How one quantity follows another over a set of samples (e.g. a regressed coefficient against
+/// the true one): Pearson correlation, least-squares slope of `y` on `x`, means and population SDs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearFit {
+    pub r: f64,
+    /// d(y)/d(x) of the least-squares line.
+    pub slope: f64,
+    pub mean: (f64, f64),
+    pub sd: (f64, f64),
+}
+
+/// [`LinearFit`] of `ys` on `xs` (pairs in order). NaN fields where undefined (fewer than two
+/// samples, or a constant `x` for `r` and `slope`; a constant `y` gives `r` NaN, `slope` 0).
+pub fn linear_fit(xs: &[f64], ys: &[f64]) -> LinearFit {
+    let n = xs.len().min(ys.len());
+    let (mx, sx) = summary(&xs[..n]);
+    let (my, sy) = summary(&ys[..n]);
+    let cov = xs[..n].iter().zip(&ys[..n]).map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / n as f64;
+    LinearFit { r: cov / (sx * sy), slope: cov / (sx * sx), mean: (mx, my), sd: (sx, sy) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +100,22 @@ mod tests {
         let s = distance_stats(&[3.0, 4.0]);
         assert_eq!((s.mean, s.sd, s.median), (3.5, 0.5, 3.5));
         assert!((s.rmse - 12.5f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn linear_fit_of_a_noisy_line() {
+        let xs: Vec<f64> = (0..8).map(f64::from).collect();
+        // y = 2x + 1 exactly: r = 1, slope 2.
+        let exact: Vec<f64> = xs.iter().map(|x| 2.0 * x + 1.0).collect();
+        let f = linear_fit(&xs, &exact);
+        assert!((f.r - 1.0).abs() < 1e-12 && (f.slope - 2.0).abs() < 1e-12);
+        assert_eq!(f.mean, (3.5, 8.0));
+        // y = -x + alternating +-0.5: sum((x - 3.5) * noise) = -2, so the slope is -1 - 2 / 42.
+        let noisy: Vec<f64> = xs.iter().enumerate().map(|(i, x)| -x + if i % 2 == 0 { 0.5 } else { -0.5 }).collect();
+        let g = linear_fit(&xs, &noisy);
+        assert!(g.r < -0.9 && g.r > -1.0, "{g:?}");
+        let expected_slope = -1.0 - 2.0 / xs.iter().map(|x| (x - 3.5) * (x - 3.5)).sum::<f64>();
+        assert!((g.slope - expected_slope).abs() < 1e-12, "{g:?}");
+        assert!(linear_fit(&[1.0, 1.0], &[0.0, 2.0]).r.is_nan());
     }
 }
