@@ -6,7 +6,9 @@
 //!   lower than the base level's (paper Fig. 11) without making its geometry worse. The paper's
 //!   geometric gain of the final level (Table 1: 2.03 -> 1.84 mm) is NOT reproduced at this
 //!   scale: after 400-1200 CPU finetuning steps the final level's geometric error stays within
-//!   +-0.3 % of the base level's (measured; see README, "What the tests show").
+//!   +-0.3 % of the base level's. E_photo does see the missing mode image by image, but the
+//!   corrective coefficients are not learned in so few steps, even with the mode given as the
+//!   corrective basis (measured; see README, "What the tests show", and configs/truncated.toml).
 //!
 //! The synthetic world is small on purpose (2 identity modes with twice the prior's spread, the
 //! jaw-opening expression) so that ~1000 CPU steps are enough to see learning; the full-scale
