@@ -27,9 +27,7 @@ fn main() -> fml::Result<()> {
     let path = run.join(fml::checkpoint::FILE);
     let ckpt = fml::checkpoint::load(&path, &Device::Cpu)?;
     let m = fml::face_model::FaceModel::load(model)?;
-    if k >= m.num_shape() {
-        return Err(fml::Error::invalid(format!("{model} has {} identity modes, not {}", m.num_shape(), k + 1)));
-    }
+    let mode = m.shape_mode(k).map_err(|e| fml::Error::invalid(format!("{model}: {e}")))?;
     let basis = ckpt.tensors.get(GEOMETRY_CORRECTIVES).ok_or_else(|| {
         fml::Error::invalid(format!("{}: no {GEOMETRY_CORRECTIVES} (not a finetuning run)", path.display()))
     })?;
@@ -38,7 +36,7 @@ fn main() -> fml::Result<()> {
         return Err(fml::Error::invalid(format!("{model} has {} vertices, the run {}", m.num_vertices(), n3 / 3)));
     }
     let scale = cfg.correctives.scale[0];
-    let row: Vec<f32> = m.shape_basis[k * n3..(k + 1) * n3].iter().map(|&x| x * m.shape_std[k] / scale).collect();
+    let row: Vec<f32> = mode.iter().map(|&x| x * m.shape_std[k] / scale).collect();
     let mut rows = basis.to_vec2::<f32>()?;
     rows[0] = row;
     let varmap = VarMap::new();

@@ -57,14 +57,8 @@ fn main() -> fml::Result<()> {
                 let (Some(k), Some(path)) = (rest.next(), rest.next()) else { usage() };
                 let k: usize = k.parse().map_err(|_| fml::Error::invalid(format!("--mode: bad mode index {k}")))?;
                 let m = FaceModel::load(path)?;
-                if k >= m.num_shape() {
-                    return Err(fml::Error::invalid(format!(
-                        "--mode {k}: {path} has {} identity modes",
-                        m.num_shape()
-                    )));
-                }
-                let n3 = m.num_vertices() * 3;
-                mode = Some((k, m.shape_basis[k * n3..(k + 1) * n3].to_vec()));
+                let d = m.shape_mode(k).map_err(|e| fml::Error::invalid(format!("--mode: {path}: {e}")))?;
+                mode = Some((k, d.to_vec()));
             }
             "--max" => {
                 let Some(v) = rest.next() else { usage() };

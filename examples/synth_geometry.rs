@@ -35,14 +35,8 @@ fn main() -> fml::Result<()> {
             ("--probe", Some(path)) => {
                 let Some(k) = rest.next().and_then(|k| k.parse::<usize>().ok()) else { usage() };
                 let m = fml::face_model::FaceModel::load(path)?;
-                if k >= m.num_shape() {
-                    return Err(fml::Error::invalid(format!(
-                        "--probe {k}: {path} has {} identity modes",
-                        m.num_shape()
-                    )));
-                }
-                let n3 = m.num_vertices() * 3;
-                probe = Some((k, m.shape_basis[k * n3..(k + 1) * n3].to_vec()));
+                let mode = m.shape_mode(k).map_err(|e| fml::Error::invalid(format!("--probe: {path}: {e}")))?;
+                probe = Some((k, mode.to_vec()));
             }
             _ => usage(),
         }

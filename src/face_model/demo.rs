@@ -409,6 +409,13 @@ mod tests {
         l.sort_unstable();
         l.dedup();
         assert_eq!(l.len(), 68);
+        // Mode 0 is the face width: x scaled by 6 %, y and z untouched.
+        let m0 = a.shape_mode(0).unwrap();
+        assert_eq!(m0.len(), a.num_vertices() * 3);
+        assert_eq!(m0[0], a.mean_shape[0] * 0.06);
+        assert_eq!((m0[1], m0[2]), (0.0, 0.0));
+        assert_eq!(a.shape_mode(NUM_SHAPE - 1).unwrap(), &a.shape_basis[(NUM_SHAPE - 1) * m0.len()..]);
+        assert!(a.shape_mode(NUM_SHAPE).unwrap_err().to_string().contains("has 40"));
     }
 
     #[test]

@@ -84,6 +84,15 @@ impl FaceModel {
         self.albedo_std.len()
     }
 
+    /// Identity mode `k` (mm per unit coefficient, before its prior SD), `[3N]`.
+    pub fn shape_mode(&self, k: usize) -> Result<&[f32]> {
+        if k >= self.num_shape() {
+            return Err(Error::invalid(format!("no identity mode {k}: the model has {}", self.num_shape())));
+        }
+        let n3 = self.num_vertices() * 3;
+        Ok(&self.shape_basis[k * n3..(k + 1) * n3])
+    }
+
     /// A metadata value, or "" when absent.
     pub fn meta(&self, key: &str) -> &str {
         self.metadata.get(key).map(String::as_str).unwrap_or("")
