@@ -158,7 +158,8 @@ fn main() -> fml::Result<()> {
             Ok(net.formation.photometric(&r)?.to_vec1::<f32>()?[0] as f64)
         };
         let (pg, pr, pl) = (&pred.levels.base_geometry, &pred.levels.base_reflectance, &pred.params.gamma);
-        e[0][0] += photo(pg, pr, pl)?;
+        let fit_photo = photo(pg, pr, pl)?;
+        e[0][0] += fit_photo;
         e[1][0] += photo(&true_geometry, pr, pl)?;
         e[0][1] += photo(pg, &true_reflectance, &true_gamma)?;
         e[1][1] += photo(&true_geometry, &true_reflectance, &true_gamma)?;
@@ -201,13 +202,12 @@ fn main() -> fml::Result<()> {
                 }
             }
         }
-        if let Some((_, d)) = &mode {
+        if let Some((k, d)) = &mode {
             let dir = Tensor::from_slice(d, (1, n, 3), &dev)?;
             for (j, s) in shifts.iter().enumerate() {
                 along[j] += photo(&(pg + (&dir * *s)?)?, &true_reflectance, &true_gamma)?;
             }
-            let k = mode.as_ref().map_or(0, |m| m.0);
-            let truth = json["coefficients"]["shape"][k].as_f64().unwrap_or(f64::NAN);
+            let truth = json["coefficients"]["shape"][*k].as_f64().unwrap_or(f64::NAN);
             let mut best = [(f64::INFINITY, 0f64); 2];
             for q in -16..=16 {
                 let s = q as f64 * 0.5;
@@ -219,13 +219,12 @@ fn main() -> fml::Result<()> {
                     }
                 }
             }
-            let e0 = photo(pg, pr, pl)?;
             let cosines = gradient_cosines(net, &pred, &image, d)?;
             per_image.push(AlongMode {
                 truth,
                 best_predicted: best[0].1,
                 best_true: best[1].1,
-                gain: (e0 - best[0].0) / e0,
+                gain: (fit_photo - best[0].0) / fit_photo,
                 cosines,
             });
         }
