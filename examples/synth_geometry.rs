@@ -8,9 +8,12 @@
 //! coefficient (`r`, slope; the per-image photometric optimum is printed by `photo_signal
 //! --mode`), and the offset split into its mean over the faces and the per-face rest (a constant
 //! correction needs no per-image regression; learning a missing identity mode does).
+//! `--bands` (with `--probe`) adds where the mean offset lies: per fifth of the face region by
+//! height, its RMS along the mean face's outward normal (and the signed mean: negative = inward)
+//! and across it. A photometric bias shows there as a constant inward push at the silhouettes.
 //! `--split train` measures on (up to 200) training records instead of the validation split.
 //!
-//! cargo run --release --example synth_geometry -- RUN DATASET.fmlds [--split train|val] [--probe MODEL.safetensors K]
+//! cargo run --release --example synth_geometry -- RUN DATASET.fmlds [--split train|val] [--probe MODEL.safetensors K [--bands]]
 
 use candle_core::{Device, Tensor};
 use fml::data::dataset::{Dataset, Split};
@@ -20,15 +23,21 @@ use std::path::PathBuf;
 fn main() -> fml::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: synth_geometry RUN DATASET.fmlds [--split train|val] [--probe MODEL.safetensors K]");
+        eprintln!(
+            "usage: synth_geometry RUN DATASET.fmlds [--split train|val] [--probe MODEL.safetensors K [--bands]]"
+        );
         std::process::exit(2);
     };
     if args.len() < 3 {
         usage();
     }
-    let (mut split, mut probe) = (Split::Val, None);
+    let (mut split, mut probe, mut bands) = (Split::Val, None, false);
     let mut rest = args[3..].iter();
     while let Some(flag) = rest.next() {
+        if flag == "--bands" {
+            bands = true;
+            continue;
+        }
         match (flag.as_str(), rest.next()) {
             ("--split", Some(s)) if s == "train" => split = Split::Train,
             ("--split", Some(s)) if s == "val" => split = Split::Val,
@@ -40,6 +49,9 @@ fn main() -> fml::Result<()> {
             }
             _ => usage(),
         }
+    }
+    if bands && probe.is_none() {
+        usage();
     }
     let t = fml::infer::load_run(&PathBuf::from(&args[1]), &Device::Cpu)?;
     let ds = Dataset::open(&args[2])?;
@@ -148,6 +160,9 @@ fn main() -> fml::Result<()> {
             per_vertex(rest)
         );
     }
+    if bands && !offsets.is_empty() {
+        print_bands(model, &region3, &offsets);
+    }
     if p2s[2] > 0.0 {
         println!(
             "point-to-surface: base {:.3} mm, final {:.3} mm, mean face {:.3} mm",
@@ -159,4 +174,44 @@ fn main() -> fml::Result<()> {
     let which = if split == Split::Train { "training" } else { "validation" };
     println!("{} {which} faces: base {:.3} mm, final {:.3} mm, mean face {:.3} mm", n, eb / n, ef / n, em / n);
     Ok(())
+}
+
+/// The mean corrective offset over the faces, per fifth of the face region by height (mean face's
+/// y): RMS along the outward vertex normal, its signed mean, and RMS across it.
+///
+/// # Shapes
+/// `region3`: `[3R]` flat indices of the face region's coordinates; each offset `[3R]`.
+fn print_bands(model: &fml::face_model::FaceModel, region3: &[usize], offsets: &[Vec<f64>]) {
+    let m = offsets.len() as f64;
+    let mean_off: Vec<f64> = (0..region3.len()).map(|j| offsets.iter().map(|o| o[j]).sum::<f64>() / m).collect();
+    let mean_face = fml::face_model::to_vec3(&model.mean_shape);
+    let normals = fml::face_model::topology::vertex_normals(&mean_face, &model.triangles);
+    let ys: Vec<f32> = model.face_region.iter().map(|&v| mean_face[v as usize][1]).collect();
+    let mut sorted = ys.clone();
+    sorted.sort_by(f32::total_cmp);
+    let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f).round() as usize];
+    for b in 0..5 {
+        let (lo, hi) = (q(b as f64 / 5.0), q((b + 1) as f64 / 5.0));
+        let (mut nn, mut tt, mut sn, mut c) = (0.0, 0.0, 0.0, 0.0);
+        for (r, &v) in model.face_region.iter().enumerate() {
+            if ys[r] < lo || ys[r] > hi || (b < 4 && ys[r] == hi) {
+                continue;
+            }
+            let n = normals[v as usize].map(f64::from);
+            let o = [mean_off[3 * r], mean_off[3 * r + 1], mean_off[3 * r + 2]];
+            let dn = o[0] * n[0] + o[1] * n[1] + o[2] * n[2];
+            nn += dn * dn;
+            tt += o.iter().map(|x| x * x).sum::<f64>() - dn * dn;
+            sn += dn;
+            c += 1.0;
+        }
+        if c > 0.0 {
+            println!(
+                "height band {b} (y {lo:.0}..{hi:.0} mm, {c} vertices): mean offset along the normal RMS {:.3} mm (mean {:+.3}), across it RMS {:.3} mm",
+                (nn / c).sqrt(),
+                sn / c,
+                (tt / c).max(0.0).sqrt()
+            );
+        }
+    }
 }
