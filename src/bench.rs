@@ -184,7 +184,7 @@ impl InferReport {
 /// in the usual framework benchmarks (and in the PyTorch peer) — decoding and cropping images
 /// is a separate cost.
 pub fn bench_infer(net: &FaceNet, config_label: &str, cfg: &InferBenchConfig) -> Result<InferReport> {
-    if cfg.batches.iter().any(|&b| b == 0) {
+    if cfg.batches.contains(&0) {
         return Err(Error::invalid("bench infer: batch sizes must be positive"));
     }
     let mut batches: Vec<usize> = cfg.batches.clone();

@@ -61,10 +61,10 @@ impl IcpConfig {
         if !(0.0..1.0).contains(&self.trim_fraction) {
             return Err(Error::invalid(format!("icp.trim_fraction {} must be in [0, 1)", self.trim_fraction)));
         }
-        if let Some(d) = self.max_distance {
-            if !(d > 0.0) || !d.is_finite() {
-                return Err(Error::invalid(format!("icp.max_distance {d} must be positive and finite")));
-            }
+        if let Some(d) = self.max_distance
+            && (!(d > 0.0) || !d.is_finite())
+        {
+            return Err(Error::invalid(format!("icp.max_distance {d} must be positive and finite")));
         }
         if self.anderson_history > 20 {
             return Err(Error::invalid(format!("icp.anderson_history {} must be at most 20", self.anderson_history)));

@@ -34,11 +34,11 @@ pub fn procedural_prior(r: &SoftRegions) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let skinw = |i: usize| 1.0 - r.lips[i] - r.brows[i] * (1.0 - r.lips[i]);
     let modes: Vec<(Field, [f32; 3])> = vec![
         // Overall skin tone, darker <-> lighter (the largest variation between people).
-        (Box::new(|i| skinw(i)), [0.14, 0.11, 0.09]),
+        (Box::new(&skinw), [0.14, 0.11, 0.09]),
         // Redness / pinkness.
-        (Box::new(|i| skinw(i)), [0.035, -0.012, -0.012]),
+        (Box::new(&skinw), [0.035, -0.012, -0.012]),
         // Yellow <-> olive.
-        (Box::new(|i| skinw(i)), [0.015, 0.015, -0.03]),
+        (Box::new(&skinw), [0.015, 0.015, -0.03]),
         // Flushed cheeks.
         (Box::new(|i| r.cheeks[i] * skinw(i)), [0.05, -0.01, -0.005]),
         // Lip colour (redder) and lip darkness.

@@ -42,13 +42,13 @@ fn vector(a: &MatArray, len: Option<usize>, path: &Path) -> Result<()> {
             format!("{} in {fname} has shape {}, expected {want}", a.name, a.shape_text(),),
         ));
     }
-    if let Some(n) = len {
-        if a.len() != n {
-            return Err(Error::format(
-                path,
-                format!("{} in {fname} has {} values ({}), expected {n}", a.name, a.len(), a.shape_text()),
-            ));
-        }
+    if let Some(n) = len
+        && a.len() != n
+    {
+        return Err(Error::format(
+            path,
+            format!("{} in {fname} has {} values ({}), expected {n}", a.name, a.len(), a.shape_text()),
+        ));
     }
     finite(a, path)
 }

@@ -339,7 +339,7 @@ fn expression_modes(params: &[(f32, f32)], mean: &[[f32; 3]]) -> Vec<Vec<[f32; 3
     });
     push(&|t, p, _| {
         let w = corner(t, p, 1.0) + corner(t, p, -1.0);
-        [3.0 * t.signum() * w, 4.0 * w, -1.0 * w]
+        [3.0 * t.signum() * w, 4.0 * w, -w]
     }); // smile
     push(&|t, p, _| {
         let w = corner(t, p, -1.0);

@@ -127,10 +127,10 @@ fn tensor<'a>(st: &'a SafeTensors, path: &Path, name: &str) -> Result<TensorView
 fn floats(st: &SafeTensors, path: &Path, name: &str, expect: Option<&[usize]>) -> Result<(Vec<f32>, Vec<usize>)> {
     let t = tensor(st, path, name)?;
     let shape = t.shape().to_vec();
-    if let Some(e) = expect {
-        if shape != e {
-            return Err(Error::format(path, format!("{name} has shape {shape:?}, expected {e:?}")));
-        }
+    if let Some(e) = expect
+        && shape != e
+    {
+        return Err(Error::format(path, format!("{name} has shape {shape:?}, expected {e:?}")));
     }
     let d = t.data();
     let v: Vec<f32> = match t.dtype() {

@@ -100,10 +100,11 @@ fn discover_expressions(dir: &Path) -> Result<Vec<String>> {
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".obj") {
-            if name != NEUTRAL && !is_identity_file(&name) {
-                names.push(stem.to_string());
-            }
+        if let Some(stem) = name.strip_suffix(".obj")
+            && name != NEUTRAL
+            && !is_identity_file(&name)
+        {
+            names.push(stem.to_string());
         }
     }
     names.sort();

@@ -510,7 +510,7 @@ impl Out {
         self.u32(n as u32);
     }
     fn pad(&mut self) {
-        while self.buf.len() % 8 != 0 {
+        while !self.buf.len().is_multiple_of(8) {
             self.buf.push(0);
         }
     }

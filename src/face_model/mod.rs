@@ -114,7 +114,7 @@ impl FaceModel {
     pub fn validate(&self, origin: &Path) -> Result<()> {
         let n = self.num_vertices();
         let bad = |what: String| Err(Error::format(origin, what));
-        if n == 0 || self.mean_shape.len() % 3 != 0 {
+        if n == 0 || !self.mean_shape.len().is_multiple_of(3) {
             return bad(format!("mean_shape has {} values, not a positive multiple of 3", self.mean_shape.len()));
         }
         let checks: [(&str, &[f32], usize); 4] = [

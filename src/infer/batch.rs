@@ -181,15 +181,15 @@ pub fn plan(req: &Request) -> Result<Plan> {
             images.push((stem(input), input.clone()));
         }
     }
-    if let CropChoice::Landmarks(l) = &req.crop {
-        if images.len() != 1 {
-            return Err(Error::invalid(format!(
-                "--landmarks {} names one landmark file but there are {} images; for several images put \
+    if let CropChoice::Landmarks(l) = &req.crop
+        && images.len() != 1
+    {
+        return Err(Error::invalid(format!(
+            "--landmarks {} names one landmark file but there are {} images; for several images put \
                  x.pts beside each x.png",
-                l.display(),
-                images.len()
-            )));
-        }
+            l.display(),
+            images.len()
+        )));
     }
     let crop_for = |img: &Path| match &req.crop {
         CropChoice::Whole => CropSpec::Whole,

@@ -275,8 +275,8 @@ impl EvalReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<7} {:>14} {:>7} {:>18} {:>7}   {}",
-            "level", "geometry mean", "SD", "photometric mean", "SD", "(n meshes)"
+            "{:<7} {:>14} {:>7} {:>18} {:>7}   (n meshes)",
+            "level", "geometry mean", "SD", "photometric mean", "SD"
         );
         for l in &self.summary {
             let _ = writeln!(
@@ -621,7 +621,7 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
     }
     // Keep the listing in data set order whatever the batch boundaries were.
     let order = |t: &str, p: &str| (name_key(t, "Tester_"), name_key(p, "pose_"));
-    skipped.sort_by(|a, b| order(&a.tester, &a.pose).cmp(&order(&b.tester, &b.pose)));
+    skipped.sort_by_key(|a| order(&a.tester, &a.pose));
     let (mm, ms) = summary(&meshes.iter().map(|r| r.mean_face.mean_mm).collect::<Vec<_>>());
     let summary = ["base", "final"]
         .iter()

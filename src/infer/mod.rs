@@ -134,13 +134,13 @@ pub fn export(run: &Path, out: &Path) -> Result<PathBuf> {
     let (_, ckpt_path) = run_paths(run);
     let t = load_run(run, &Device::Cpu)?;
     let target = out.join(checkpoint::FILE);
-    if let (Ok(a), Ok(b)) = (ckpt_path.canonicalize(), target.canonicalize()) {
-        if a == b {
-            return Err(Error::invalid(format!(
-                "{}: exporting a run onto itself would drop its optimiser state; choose another -o",
-                out.display()
-            )));
-        }
+    if let (Ok(a), Ok(b)) = (ckpt_path.canonicalize(), target.canonicalize())
+        && a == b
+    {
+        return Err(Error::invalid(format!(
+            "{}: exporting a run onto itself would drop its optimiser state; choose another -o",
+            out.display()
+        )));
     }
     let ck = checkpoint::load(&ckpt_path, &Device::Cpu)?;
     let varmap = VarMap::new();

@@ -61,10 +61,10 @@ impl OverlayConfig {
                 self.supersample
             )));
         }
-        if let Some(r) = self.dot_radius {
-            if !(r.is_finite() && r > 0.0) {
-                return Err(Error::invalid(format!("overlay dot radius {r} must be positive")));
-            }
+        if let Some(r) = self.dot_radius
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(Error::invalid(format!("overlay dot radius {r} must be positive")));
         }
         Ok(())
     }

@@ -22,10 +22,10 @@ impl Mesh {
         if let Some(i) = self.vertices.iter().position(|v| v.iter().any(|x| !x.is_finite())) {
             return Err(Error::format(origin, format!("vertex {i} is not finite")));
         }
-        if let Some(c) = &self.colors {
-            if c.len() != self.vertices.len() {
-                return Err(Error::format(origin, format!("{} colours for {} vertices", c.len(), n)));
-            }
+        if let Some(c) = &self.colors
+            && c.len() != self.vertices.len()
+        {
+            return Err(Error::format(origin, format!("{} colours for {} vertices", c.len(), n)));
         }
         Ok(())
     }

@@ -84,42 +84,6 @@ pub fn rotate(r: &[[f32; 3]; 3], v: [f32; 3]) -> [f32; 3] {
     transform(r, [0.0; 3], v)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn yaw_turns_the_face_toward_its_left() {
-        // Positive yaw rotates +z (the face's forward direction) toward +x.
-        let r = euler_to_matrix([0.0, 0.3, 0.0]);
-        let f = rotate(&r, [0.0, 0.0, 1.0]);
-        assert!(f[0] > 0.0 && (f[0] - 0.3f32.sin()).abs() < 1e-6);
-        // Orthonormal.
-        let rt = [[r[0][0], r[1][0], r[2][0]], [r[0][1], r[1][1], r[2][1]], [r[0][2], r[1][2], r[2][2]]];
-        let i = matmul3(&r, &rt);
-        for a in 0..3 {
-            for b in 0..3 {
-                assert!((i[a][b] - if a == b { 1.0 } else { 0.0 }).abs() < 1e-6);
-            }
-        }
-    }
-
-    #[test]
-    fn projection_and_ray_are_inverse() {
-        let k = Intrinsics { focal: 800.0, width: 240, height: 240, near: 1.0 };
-        let p = [12.0, -7.0, -600.0];
-        let uv = k.project(p).unwrap();
-        let d = k.ray(uv);
-        let s = -p[2];
-        for a in 0..3 {
-            assert!((d[a] * s - p[a]).abs() < 1e-3);
-        }
-        assert!(k.project([0.0, 0.0, 5.0]).is_none());
-        // Up in the camera is up (smaller v) in the image.
-        assert!(k.project([0.0, 10.0, -500.0]).unwrap()[1] < 120.0);
-    }
-}
-
 /// Differentiable rotation matrices from Euler angles `(pitch, yaw, roll)`,
 /// `R = Rz(roll) * Ry(yaw) * Rx(pitch)` as in [`euler_to_matrix`].
 ///
@@ -157,4 +121,40 @@ pub fn rigid_transform(
     translation: &candle_core::Tensor,
 ) -> candle_core::Result<candle_core::Tensor> {
     points.matmul(&rotation.t()?)?.broadcast_add(&translation.unsqueeze(1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaw_turns_the_face_toward_its_left() {
+        // Positive yaw rotates +z (the face's forward direction) toward +x.
+        let r = euler_to_matrix([0.0, 0.3, 0.0]);
+        let f = rotate(&r, [0.0, 0.0, 1.0]);
+        assert!(f[0] > 0.0 && (f[0] - 0.3f32.sin()).abs() < 1e-6);
+        // Orthonormal.
+        let rt = [[r[0][0], r[1][0], r[2][0]], [r[0][1], r[1][1], r[2][1]], [r[0][2], r[1][2], r[2][2]]];
+        let i = matmul3(&r, &rt);
+        for a in 0..3 {
+            for b in 0..3 {
+                assert!((i[a][b] - if a == b { 1.0 } else { 0.0 }).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn projection_and_ray_are_inverse() {
+        let k = Intrinsics { focal: 800.0, width: 240, height: 240, near: 1.0 };
+        let p = [12.0, -7.0, -600.0];
+        let uv = k.project(p).unwrap();
+        let d = k.ray(uv);
+        let s = -p[2];
+        for a in 0..3 {
+            assert!((d[a] * s - p[a]).abs() < 1e-3);
+        }
+        assert!(k.project([0.0, 0.0, 5.0]).is_none());
+        // Up in the camera is up (smaller v) in the image.
+        assert!(k.project([0.0, 10.0, -500.0]).unwrap()[1] < 120.0);
+    }
 }

@@ -699,8 +699,8 @@ mod tests {
         let tris = vec![[0, 1, 1], [0, 1, 2], [0, 1, 3], [0, 1, 4], [0, 4, 5]];
         let out = rasterize(&RasterInput {
             vertices_cam: &v,
-            normals_cam: &vec![[0.0, 0.0, 1.0]; 6],
-            reflectance: &vec![[1.0; 3]; 6],
+            normals_cam: &[[0.0, 0.0, 1.0]; 6],
+            reflectance: &[[1.0; 3]; 6],
             triangles: &tris,
             gamma: &sh::neutral(),
             intrinsics: k,

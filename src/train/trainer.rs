@@ -122,20 +122,20 @@ fn grow_head(t: &Tensor, rows: usize, std: f32, seed: u64) -> Result<Tensor> {
 fn open_log(out: &Path, keep_through: Option<u64>) -> Result<std::fs::File> {
     let path = out.join("log.jsonl");
     // On resume, drop lines of steps after the checkpoint: they are about to be redone.
-    if let Some(step) = keep_through {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            crate::io::write_atomic_bytes(&path, kept.as_bytes())?;
-        }
+    if let Some(step) = keep_through
+        && let Ok(text) = std::fs::read_to_string(&path)
+    {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        crate::io::write_atomic_bytes(&path, kept.as_bytes())?;
     }
     std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))
 }
@@ -199,11 +199,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     {
         let mut data = varmap.data().lock().expect("varmap lock");
         for name in [format!("{}.head.weight", encoder::PREFIX), format!("{}.head.bias", encoder::PREFIX)] {
-            if let Some(v) = data.get(&name) {
-                if v.dim(0)? != rows {
-                    let grown = grow_head(v.as_tensor(), rows, cfg.correctives.head_std, cfg.train.seed)?;
-                    data.insert(name, candle_core::Var::from_tensor(&grown)?);
-                }
+            if let Some(v) = data.get(&name)
+                && v.dim(0)? != rows
+            {
+                let grown = grow_head(v.as_tensor(), rows, cfg.correctives.head_std, cfg.train.seed)?;
+                data.insert(name, candle_core::Var::from_tensor(&grown)?);
             }
         }
     }
