@@ -2,7 +2,8 @@
 //! `fml synth` folder of the same face model (same topology): per-vertex distance over the face
 //! region after a similarity alignment, for the base and final level and for the mean face.
 //!
-//! With `--probe MODEL K`: how much of identity mode K of MODEL (a world mode the run's base
+//! With `--probe MODEL K` (`--probe-expression MODEL K` for expression mode K): how much of
+//! identity mode K of MODEL (a world mode the run's base
 //! model lacks) the final level's geometry correctives carry: per face the least-squares
 //! coefficient of the corrective offset along the mode (over the face region), against the true
 //! coefficient (`r`, slope; the per-image photometric optimum is printed by `photo_signal
@@ -13,7 +14,7 @@
 //! and across it. A photometric bias shows there as a constant inward push at the silhouettes.
 //! `--split train` measures on (up to 200) training records instead of the validation split.
 //!
-//! cargo run --release --example synth_geometry -- RUN DATASET.fmlds [--split train|val] [--probe MODEL.safetensors K [--bands]]
+//! cargo run --release --example synth_geometry -- RUN DATASET.fmlds [--split train|val] [--probe[-expression] MODEL.safetensors K [--bands]]
 
 use candle_core::{Device, Tensor};
 use fml::data::dataset::{Dataset, Split};
@@ -24,7 +25,7 @@ fn main() -> fml::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
         eprintln!(
-            "usage: synth_geometry RUN DATASET.fmlds [--split train|val] [--probe MODEL.safetensors K [--bands]]"
+            "usage: synth_geometry RUN DATASET.fmlds [--split train|val] [--probe[-expression] MODEL.safetensors K [--bands]]"
         );
         std::process::exit(2);
     };
@@ -41,11 +42,14 @@ fn main() -> fml::Result<()> {
         match (flag.as_str(), rest.next()) {
             ("--split", Some(s)) if s == "train" => split = Split::Train,
             ("--split", Some(s)) if s == "val" => split = Split::Val,
-            ("--probe", Some(path)) => {
+            (f @ ("--probe" | "--probe-expression"), Some(path)) => {
                 let Some(k) = rest.next().and_then(|k| k.parse::<usize>().ok()) else { usage() };
                 let m = fml::face_model::FaceModel::load(path)?;
-                let mode = m.shape_mode(k).map_err(|e| fml::Error::invalid(format!("--probe: {path}: {e}")))?;
-                probe = Some((k, mode.to_vec()));
+                // The synth JSON's coefficient list the mode's truth is read from.
+                let (mode, key) =
+                    if f == "--probe" { (m.shape_mode(k), "shape") } else { (m.expr_mode(k), "expression") };
+                let mode = mode.map_err(|e| fml::Error::invalid(format!("{f}: {path}: {e}")))?;
+                probe = Some((k, mode.to_vec(), key));
             }
             _ => usage(),
         }
@@ -65,7 +69,7 @@ fn main() -> fml::Result<()> {
     // --probe: (coefficient of the corrective along the mode, true coefficient) per face, and the
     // corrective offsets over the face region.
     let (mut along, mut offsets): (Vec<(f64, f64)>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
-    if let Some((_, mode)) = &probe
+    if let Some((_, mode, _)) = &probe
         && mode.len() != model.num_vertices() * 3
     {
         return Err(fml::Error::invalid(format!(
@@ -108,10 +112,10 @@ fn main() -> fml::Result<()> {
                 .map_err(|e| fml::Error::io("json", e))?,
         )
         .expect("synth json");
-        if let (Some((k, mode)), Some(off)) = (&probe, &pred.levels.geometry_offset) {
+        if let (Some((k, mode, key)), Some(off)) = (&probe, &pred.levels.geometry_offset) {
             let off = off.flatten_all()?.to_vec1::<f32>()?;
             let dot = |a: &[f32], b: &[f32]| region3.iter().map(|&j| a[j] as f64 * b[j] as f64).sum::<f64>();
-            let truth = rec["coefficients"]["shape"][*k].as_f64().unwrap_or(f64::NAN);
+            let truth = rec["coefficients"][*key][*k].as_f64().unwrap_or(f64::NAN);
             along.push((dot(&off, mode) / dot(mode, mode), truth));
             offsets.push(region3.iter().map(|&j| off[j] as f64).collect());
         }
@@ -139,9 +143,9 @@ fn main() -> fml::Result<()> {
             .collect();
         println!("correlation of predicted and true coefficients (shape then expression): {}", corr.join(" "));
     }
-    if let Some((k, _)) = &probe {
+    if let Some((k, _, _)) = &probe {
         if offsets.is_empty() {
-            return Err(fml::Error::invalid(format!("--probe: {} has no correctives", args[1])));
+            return Err(fml::Error::invalid(format!("probe: {} has no correctives", args[1])));
         }
         let (xs, ys): (Vec<f64>, Vec<f64>) = along.iter().copied().unzip();
         let f = fml::eval::linear_fit(&ys, &xs);

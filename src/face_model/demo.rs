@@ -416,6 +416,8 @@ mod tests {
         assert_eq!((m0[1], m0[2]), (0.0, 0.0));
         assert_eq!(a.shape_mode(NUM_SHAPE - 1).unwrap(), &a.shape_basis[(NUM_SHAPE - 1) * m0.len()..]);
         assert!(a.shape_mode(NUM_SHAPE).unwrap_err().to_string().contains("has 40"));
+        assert_eq!(a.expr_mode(1).unwrap(), &a.expr_basis[m0.len()..2 * m0.len()]);
+        assert!(a.expr_mode(NUM_EXPR).unwrap_err().to_string().contains("has 16"));
     }
 
     #[test]

@@ -93,6 +93,15 @@ impl FaceModel {
         Ok(&self.shape_basis[k * n3..(k + 1) * n3])
     }
 
+    /// Expression mode `k` (mm at weight 1, before its prior SD), `[3N]`.
+    pub fn expr_mode(&self, k: usize) -> Result<&[f32]> {
+        if k >= self.num_expr() {
+            return Err(Error::invalid(format!("no expression mode {k}: the model has {}", self.num_expr())));
+        }
+        let n3 = self.num_vertices() * 3;
+        Ok(&self.expr_basis[k * n3..(k + 1) * n3])
+    }
+
     /// A metadata value, or "" when absent.
     pub fn meta(&self, key: &str) -> &str {
         self.metadata.get(key).map(String::as_str).unwrap_or("")
