@@ -9,7 +9,7 @@
 //! - the same under the true reflectance (the `.obj` colours) and true SH light (the `.json`),
 //!   which isolates the geometry's share from the appearance's;
 //! - optionally the predicted geometry moved along one identity mode of a model file by
-//!   -2..+3 units (`--mode K MODEL`), to see whether a corrective along it could lower E_photo;
+//!   -2..+3 units (`--mode K MODEL`; `--mode-expression K MODEL` for expression mode K), to see whether a corrective along it could lower E_photo;
 //!   with it, per image: the best shift on a grid of -8..+8 in steps of 0.5 (under the predicted
 //!   and under the true appearance) against the image's true coefficient K, how much lower
 //!   E_photo is there, and the gradient of E_photo (predicted appearance, what training sees)
@@ -30,7 +30,7 @@
 //! `--max IMAGES` uses only the first validation images (the re-fit costs 2 x STEPS renderings
 //! per image).
 //!
-//! cargo run --release --example photo_signal -- RUN DATASET.fmlds [--mode K MODEL.safetensors] [--refit STEPS] [--max IMAGES]
+//! cargo run --release --example photo_signal -- RUN DATASET.fmlds [--mode[-expression] K MODEL.safetensors] [--refit STEPS] [--max IMAGES]
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -43,7 +43,9 @@ use std::path::PathBuf;
 fn main() -> fml::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: photo_signal RUN DATASET.fmlds [--mode K MODEL.safetensors] [--refit STEPS] [--max IMAGES]");
+        eprintln!(
+            "usage: photo_signal RUN DATASET.fmlds [--mode[-expression] K MODEL.safetensors] [--refit STEPS] [--max IMAGES]"
+        );
         std::process::exit(2);
     };
     if args.len() < 3 {
@@ -53,12 +55,14 @@ fn main() -> fml::Result<()> {
     let mut rest = args[3..].iter();
     while let Some(flag) = rest.next() {
         match flag.as_str() {
-            "--mode" => {
+            f @ ("--mode" | "--mode-expression") => {
                 let (Some(k), Some(path)) = (rest.next(), rest.next()) else { usage() };
-                let k: usize = k.parse().map_err(|_| fml::Error::invalid(format!("--mode: bad mode index {k}")))?;
+                let k: usize = k.parse().map_err(|_| fml::Error::invalid(format!("{f}: bad mode index {k}")))?;
                 let m = FaceModel::load(path)?;
-                let d = m.shape_mode(k).map_err(|e| fml::Error::invalid(format!("--mode: {path}: {e}")))?;
-                mode = Some((k, d.to_vec()));
+                // The synth JSON's coefficient list the mode's truth is read from.
+                let (d, key) = if f == "--mode" { (m.shape_mode(k), "shape") } else { (m.expr_mode(k), "expression") };
+                let d = d.map_err(|e| fml::Error::invalid(format!("{f}: {path}: {e}")))?;
+                mode = Some((k, d.to_vec(), key));
             }
             "--max" => {
                 let Some(v) = rest.next() else { usage() };
@@ -76,7 +80,7 @@ fn main() -> fml::Result<()> {
     let ds = Dataset::open(&args[2])?;
     let net = &t.net;
     let n = net.face_model.num_vertices();
-    if let Some((_, d)) = &mode
+    if let Some((_, d, _)) = &mode
         && d.len() != n * 3
     {
         return Err(fml::Error::invalid(format!("--mode model has {} vertices, the run's model {n}", d.len() / 3)));
@@ -202,12 +206,12 @@ fn main() -> fml::Result<()> {
                 }
             }
         }
-        if let Some((k, d)) = &mode {
+        if let Some((k, d, key)) = &mode {
             let dir = Tensor::from_slice(d, (1, n, 3), &dev)?;
             for (j, s) in shifts.iter().enumerate() {
                 along[j] += photo(&(pg + (&dir * *s)?)?, &true_reflectance, &true_gamma)?;
             }
-            let truth = json["coefficients"]["shape"][*k].as_f64().unwrap_or(f64::NAN);
+            let truth = json["coefficients"][*key][*k].as_f64().unwrap_or(f64::NAN);
             let mut best = [(f64::INFINITY, 0f64); 2];
             for q in -16..=16 {
                 let s = q as f64 * 0.5;
@@ -287,8 +291,8 @@ fn main() -> fml::Result<()> {
             fit(col(&|p| p.cosines[0])).r
         );
     }
-    if let Some((k, _)) = mode {
-        println!("  predicted geometry + t x identity mode {k} (true reflectance+light):");
+    if let Some((k, _, key)) = mode {
+        println!("  predicted geometry + t x {key} mode {k} (true reflectance+light):");
         for (j, s) in shifts.iter().enumerate() {
             println!("    t = {s:+.1}: {:.5} ({:+.3} %)", along[j] / count, rel(along[2], along[j]));
         }
