@@ -9,7 +9,8 @@
 //! - the same under the true reflectance (the `.obj` colours) and true SH light (the `.json`),
 //!   which isolates the geometry's share from the appearance's;
 //! - optionally the predicted geometry moved along one identity mode of a model file by
-//!   -2..+3 units (`--mode K MODEL`; `--mode-expression K MODEL` for expression mode K), to see whether a corrective along it could lower E_photo;
+//!   -2..+3 units (`--mode K MODEL`; `--mode-expression K MODEL` for expression mode K), to see
+//!   whether a corrective along it could lower E_photo;
 //!   with it, per image: the best shift on a grid of -8..+8 in steps of 0.5 (under the predicted
 //!   and under the true appearance) against the image's true coefficient K, how much lower
 //!   E_photo is there, and the gradient of E_photo (predicted appearance, what training sees)

@@ -3,12 +3,12 @@
 //! region after a similarity alignment, for the base and final level and for the mean face.
 //!
 //! With `--probe MODEL K` (`--probe-expression MODEL K` for expression mode K): how much of
-//! identity mode K of MODEL (a world mode the run's base
-//! model lacks) the final level's geometry correctives carry: per face the least-squares
-//! coefficient of the corrective offset along the mode (over the face region), against the true
-//! coefficient (`r`, slope; the per-image photometric optimum is printed by `photo_signal
-//! --mode`), and the offset split into its mean over the faces and the per-face rest (a constant
-//! correction needs no per-image regression; learning a missing identity mode does).
+//! identity mode K of MODEL (a world mode the run's base model lacks) the final level's geometry
+//! correctives carry: per face the least-squares coefficient of the corrective offset along the
+//! mode (over the face region), against the true coefficient (`r`, slope; the per-image
+//! photometric optimum is printed by `photo_signal --mode`), and the offset split into its mean
+//! over the faces and the per-face rest (a constant correction needs no per-image regression;
+//! learning a missing mode does).
 //! `--bands` (with `--probe`) adds where the mean offset lies: per fifth of the face region by
 //! height, its RMS along the mean face's outward normal (and the signed mean: negative = inward)
 //! and across it. A photometric bias shows there as a constant inward push at the silhouettes.
@@ -163,9 +163,9 @@ fn main() -> fml::Result<()> {
             per_vertex(mean.iter().map(|x| x * x).sum()),
             per_vertex(rest)
         );
-    }
-    if bands && !offsets.is_empty() {
-        print_bands(model, &region3, &offsets);
+        if bands {
+            print_bands(model, &mean);
+        }
     }
     if p2s[2] > 0.0 {
         println!(
@@ -184,10 +184,8 @@ fn main() -> fml::Result<()> {
 /// y): RMS along the outward vertex normal, its signed mean, and RMS across it.
 ///
 /// # Shapes
-/// `region3`: `[3R]` flat indices of the face region's coordinates; each offset `[3R]`.
-fn print_bands(model: &fml::face_model::FaceModel, region3: &[usize], offsets: &[Vec<f64>]) {
-    let m = offsets.len() as f64;
-    let mean_off: Vec<f64> = (0..region3.len()).map(|j| offsets.iter().map(|o| o[j]).sum::<f64>() / m).collect();
+/// `mean_off`: `[3R]`, the face region's vertices in `model.face_region` order.
+fn print_bands(model: &fml::face_model::FaceModel, mean_off: &[f64]) {
     let mean_face = fml::face_model::to_vec3(&model.mean_shape);
     let normals = fml::face_model::topology::vertex_normals(&mean_face, &model.triangles);
     let ys: Vec<f32> = model.face_region.iter().map(|&v| mean_face[v as usize][1]).collect();
