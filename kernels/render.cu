@@ -2,7 +2,8 @@
 //
 // Each op's forward and backward kernels take the same parameter struct by value; the structs
 // mirror the #[repr(C)] structs in src/render/ops/*.rs field for field. Every kernel has a CPU
-// twin in those files (same formulas, same clamping rules); tests compare them.
+// twin in those files (same formulas, same clamping rules); tests compare them: tests/cuda.rs on a
+// GPU, tests/kernels_emulated.rs everywhere (this file compiled as host C++, tests/emu/).
 //
 // Layouts: [B, N, 3] float arrays are contiguous (index (b * N + i) * 3 + c); images are
 // [B, H, W, 3]; SH coefficients [B, 27], channel-major (c * 9 + band).

@@ -1,28 +1,20 @@
 //! CUDA helpers shared by our custom ops: launch configurations, views of candle storage and
 //! output tensors built from device buffers.
 
+use super::launch;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, bail};
 
-/// Threads per block of every kernel. `kernels/render.cu` sizes its shared reduction buffers with
-/// the same number (`#define BLOCK 256`) and its tree reductions assume a power of two: change
-/// both together.
-pub(crate) const BLOCK: u32 = 256;
+/// CUDA's launch configuration for a [`launch::Launch`].
+pub(crate) fn config(l: launch::Launch) -> LaunchConfig {
+    LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: 0 }
+}
 
-/// One thread per element over a 1-D grid.
-///
-/// The block count is computed in `usize`: casting `total` to u32 first (as this did before)
-/// silently launched too few blocks past 2^32 elements, e.g. the 2400 x B*784 column matrix of
-/// AlexNet's conv2 at B >= 2283 (a size `fml bench infer`'s batch sweep reaches on an 80 GB GPU),
-/// which left most of the output at zero. Grids beyond CUDA's 2^31 - 1 blocks are an error.
+/// One thread per element over a 1-D grid ([`launch::linear`]).
 pub(crate) fn linear(total: usize) -> Result<LaunchConfig> {
-    let blocks = total.div_ceil(BLOCK as usize).max(1);
-    if blocks > i32::MAX as usize {
-        bail!("a kernel over {total} elements needs {blocks} blocks, more than CUDA's 2^31 - 1");
-    }
-    Ok(LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+    Ok(config(launch::linear(total)?))
 }
 
 pub(crate) fn view<'a, T: candle_core::cuda_backend::CudaDType + candle_core::WithDType>(

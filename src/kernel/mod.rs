@@ -3,6 +3,7 @@
 
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod launch;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Shape, Storage, Tensor, WithDType};
 

@@ -5,7 +5,8 @@ use super::normals::{NormalsParams, NormalsTopology};
 use super::photo::PhotoParams;
 use super::sample::SampleParams;
 use super::shade::ShadeParams;
-use crate::kernel::cuda::{BLOCK, check_f32, cuda_of, linear, to_tensor, view};
+use crate::kernel::cuda::{check_f32, config, cuda_of, linear, to_tensor, view};
+use crate::kernel::launch;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -19,14 +20,10 @@ unsafe impl DeviceRepr for ShadeParams {}
 unsafe impl DeviceRepr for SampleParams {}
 unsafe impl DeviceRepr for PhotoParams {}
 
-/// Grid of (blocks per image, images) for the two-stage reductions.
+/// Grid of (blocks per image, images) for the two-stage reductions ([`launch::per_image`]).
 fn per_image(batch: u32, n: u32) -> Result<(LaunchConfig, u32)> {
-    // The image index is blockIdx.y, whose grid dimension CUDA caps at 65535.
-    if batch > 65_535 {
-        candle_core::bail!("the render kernels take at most 65535 meshes per batch, got {batch}");
-    }
-    let blocks = n.div_ceil(BLOCK).max(1);
-    Ok((LaunchConfig { grid_dim: (blocks, batch, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }, blocks))
+    let (l, blocks) = launch::per_image(batch, n)?;
+    Ok((config(l), blocks))
 }
 
 // ------------------------------------------------------------------------------ normals
