@@ -210,3 +210,23 @@ fn a_non_finite_loss_stops_training_and_keeps_the_checkpoint() {
     assert!(err.to_string().contains("step"), "{err}");
     assert_eq!(std::fs::read(&ckpt).unwrap(), before, "the last good checkpoint must stay intact");
 }
+
+/// `--device` / `train.device`: `auto` is the CPU wherever no GPU is usable, in a `cuda` build too
+/// (the shipped configs and every command default to it); `cuda` without one is an error that
+/// says so; unknown names are refused.
+#[test]
+fn device_auto_falls_back_to_the_cpu_and_cuda_without_a_gpu_says_why() {
+    use fml::train::select_device;
+    assert!(select_device("cpu").unwrap().is_cpu());
+    let gpu = cfg!(feature = "cuda") && Device::new_cuda(0).is_ok();
+    assert_eq!(select_device("auto").unwrap().is_cuda(), gpu);
+    match select_device("cuda") {
+        Ok(d) => assert!(gpu && d.is_cuda()),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!gpu && msg.starts_with("device cuda: "), "{msg}");
+            assert!(!msg.contains("backtrace") && msg.lines().count() == 1, "{msg}");
+        }
+    }
+    assert!(select_device("tpu").unwrap_err().to_string().contains("unknown device"));
+}

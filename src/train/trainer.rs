@@ -80,7 +80,8 @@ pub fn load_face_model(cfg: &crate::config::ModelConfig) -> Result<FaceModel> {
     Ok(m)
 }
 
-/// "cpu", "cuda" or "auto" (CUDA when this build has it and a GPU is present).
+/// "cpu", "cuda" or "auto" (CUDA when this build has it and a GPU is usable, else the CPU with a
+/// note on stderr).
 pub fn select_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
@@ -88,11 +89,28 @@ pub fn select_device(name: &str) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 return Err(Error::invalid("device cuda: this fml was built without the `cuda` feature"));
             }
-            Ok(Device::new_cuda(0)?)
+            open_cuda().map_err(|e| Error::invalid(format!("device cuda: {e}")))
         }
-        "auto" => Ok(if cfg!(feature = "cuda") { Device::cuda_if_available(0)? } else { Device::Cpu }),
+        // Not candle's `cuda_if_available`: that only asks whether the build has CUDA, so a CUDA
+        // build on a machine without a GPU (or driver) failed every default command.
+        "auto" if cfg!(feature = "cuda") => Ok(open_cuda().unwrap_or_else(|e| {
+            eprintln!("note: device auto: {e}; running on the CPU");
+            Device::Cpu
+        })),
+        "auto" => Ok(Device::Cpu),
         other => Err(Error::invalid(format!("unknown device {other:?} (cpu, cuda or auto)"))),
     }
+}
+
+/// CUDA device 0, or why not in one line (candle's error without its backtrace).
+fn open_cuda() -> std::result::Result<Device, String> {
+    Device::new_cuda(0).map_err(|e| {
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
+        format!("no usable CUDA device 0 ({e}; is a GPU visible and its driver installed?)")
+    })
 }
 
 /// The pretraining head `[P0, F]` grown to `[P0 + 2C, F]` with rows for the corrective
