@@ -107,7 +107,7 @@ if [ "$do_tests" = 1 ]; then
         passed=$(grep -o '[0-9]* passed' "$log" | tail -n 1 | cut -d' ' -f1)
         failed=$(grep -o '[0-9]* failed' "$log" | tail -n 1 | cut -d' ' -f1)
         if grep -q 'no CUDA device' "$log"; then
-            # Older tests skip (and pass) without a GPU instead of honouring FML_REQUIRE_CUDA.
+            # A test that skipped (and passed) without a GPU: a guard, every test honours FML_REQUIRE_CUDA.
             note "tests $name" FAIL "a test found no CUDA device; $log"
         elif [ "$rc" = 0 ] && [ "${passed:-0}" -gt 0 ]; then
             note "tests $name" PASS "${passed} passed ($(elapsed))"
