@@ -111,6 +111,11 @@ pub struct LossConfig {
     pub photo: f32,
     /// Weight of E_sparse (eq. 10), measured in pixels^2 of the crop.
     pub sparse: f32,
+    /// Weight of E_sparse evaluated on the final level too, at the base level's landmark
+    /// vertices. NOT the paper's: eq. 10 constrains the base level only, so the correctives learn
+    /// from E_photo alone. 0 (off, the paper) by default; an option for small-scale runs, where
+    /// E_photo alone does not teach the correctives a missing mode (README, "What the tests show").
+    pub sparse_final: f32,
     /// w_reg for the identity/expression part of E_std (eq. 11).
     pub std_geometry: f32,
     /// w_reg * w_std for the reflectance part of E_std (eq. 11).
@@ -136,6 +141,7 @@ impl Default for LossConfig {
         LossConfig {
             photo: 1.0,
             sparse: 1e-2,
+            sparse_final: 0.0,
             std_geometry: 2e-4,
             std_albedo: 2e-4,
             smo: 0.05,
@@ -263,6 +269,7 @@ impl Config {
         for (name, w) in [
             ("photo", self.loss.photo),
             ("sparse", self.loss.sparse),
+            ("sparse_final", self.loss.sparse_final),
             ("std_geometry", self.loss.std_geometry),
             ("std_albedo", self.loss.std_albedo),
             ("smo", self.loss.smo),

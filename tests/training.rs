@@ -166,6 +166,8 @@ fn shipped_configs_load_and_follow_the_paper() {
     );
     assert_eq!((fine.correctives.count, base.encoder.input_size), (500, 240));
     assert_eq!((fine.loss.ref_beta, fine.loss.ref_p, fine.loss.glo_partners), (50.0, 0.9, 6));
+    // Eq. 10: landmarks constrain the base level only.
+    assert_eq!((base.loss.sparse_final, fine.loss.sparse_final), (0.0, 0.0));
     assert_eq!(tiny.encoder.input_size, 64);
     // The shipped network (data/default) was trained with configs/default.toml: same network,
     // losses, camera and optimiser (its recorded data path and step count differ).
@@ -229,4 +231,45 @@ fn device_auto_falls_back_to_the_cpu_and_cuda_without_a_gpu_says_why() {
         }
     }
     assert!(select_device("tpu").unwrap_err().to_string().contains("unknown device"));
+}
+
+/// `loss.sparse_final` (not the paper's, off by default): E_sparse at the base level's landmark
+/// vertices, on the final level. With zero corrective bases the two levels coincide, so the term
+/// equals E_sparse; its gradient reaches the geometry correctives, which E_sparse's does not.
+#[test]
+fn sparse_final_is_off_by_default_and_is_e_sparse_on_the_final_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(&data(dir.path()));
+    let dev = Device::Cpu;
+    let model = fml::face_model::demo::demo_model();
+    let varmap = VarMap::new();
+    let net = FaceNet::new(&model, &cfg, true, Backend::Fast, &varmap, &dev).unwrap();
+    {
+        let data = varmap.data().lock().unwrap();
+        let head = &data["encoder.head.weight"];
+        head.set(&(candle_core::Tensor::randn(0f32, 1f32, head.shape(), &dev).unwrap() * 1e-3).unwrap()).unwrap();
+    }
+    let tb = batch(&cfg, &dev);
+    let pred = net.predict(&tb.images).unwrap();
+    let term = |t: &fml::loss::LossTerms, name: &str| t.terms.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+    let off = Objective::new(&net, &cfg.loss, 1).unwrap().compute(&net, &pred, &tb).unwrap();
+    assert!(term(&off, "sparse_final").is_none(), "logged although off");
+
+    cfg.loss.sparse_final = 0.5;
+    let on = Objective::new(&net, &cfg.loss, 1).unwrap().compute(&net, &pred, &tb).unwrap();
+    let (sf, s) = (term(&on, "sparse_final").unwrap(), term(&on, "sparse").unwrap());
+    let scalar = |t: &candle_core::Tensor| t.to_scalar::<f32>().unwrap();
+    assert!(scalar(&s) > 0.0);
+    assert_eq!(scalar(&sf), scalar(&s), "zero bases: the final level is the base level");
+    let d = scalar(&on.total) - scalar(&off.total);
+    assert!((d - 0.5 * scalar(&sf)).abs() <= 1e-5 * scalar(&on.total), "total grows by the weighted term: {d}");
+    let geometry = varmap.data().lock().unwrap()[fml::face_model::multilevel::GEOMETRY_CORRECTIVES].clone();
+    let reaches = |t: &candle_core::Tensor| {
+        t.backward()
+            .unwrap()
+            .get(geometry.as_tensor())
+            .is_some_and(|g| scalar(&g.abs().unwrap().sum_all().unwrap()) > 0.0)
+    };
+    assert!(reaches(&sf), "E_sparse on the final level must reach the geometry correctives");
+    assert!(!reaches(&s), "E_sparse (eq. 10) is the base level's");
 }

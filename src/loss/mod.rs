@@ -122,7 +122,10 @@ impl Objective {
         };
         let base = render(&lv.base_geometry, &lv.base_reflectance)?;
         let mut terms: Vec<(&'static str, Tensor, f32)> = Vec::new();
-        let (sparse, px) = self.sparse.loss(&base.camera_vertices, &batch.landmarks, &batch.confidence, &k)?;
+        // Landmark vertices are picked on the base level (eq. 10, Fig. 2); `sparse_final` reuses them.
+        let lm_idx = self.sparse.vertex_indices(&base.camera_vertices, &batch.landmarks, &k)?;
+        let (sparse, px) =
+            self.sparse.loss_at(&base.camera_vertices, &lm_idx, &batch.landmarks, &batch.confidence, &k)?;
         terms.push(("sparse", sparse.mean_all()?, c.sparse));
         terms.push(("photo_base", net.formation.photometric(&base)?.mean_all()?, c.photo));
         let (std_g, std_a) = regularizers::statistical(&p.z_shape, &p.z_expr, &p.z_albedo)?;
@@ -134,6 +137,12 @@ impl Objective {
             let reflectance = lv.final_reflectance()?;
             let f = render(&geometry, &reflectance)?;
             terms.push(("photo_final", net.formation.photometric(&f)?.mean_all()?, c.photo));
+            if c.sparse_final > 0.0 {
+                // Not the paper's (eq. 10 is on the base level only); off by default, see LossConfig.
+                let (s, _) =
+                    self.sparse.loss_at(&f.camera_vertices, &lm_idx, &batch.landmarks, &batch.confidence, &k)?;
+                terms.push(("sparse_final", s.mean_all()?, c.sparse_final));
+            }
             terms.push(("smo", regularizers::smoothness(goff, &self.edges)?.mean_all()?, c.smo));
             terms.push(("sta", regularizers::stabilisation(goff)?.mean_all()?, c.sta));
             let w = regularizers::chroma_weights(&f.sampled, &f.visible, &self.edges, c.ref_beta)?;

@@ -107,7 +107,24 @@ impl SparseLandmarks {
         k: &Intrinsics,
     ) -> Result<(Tensor, Tensor)> {
         let idx = self.vertex_indices(camera, targets, k)?;
-        let uv = self.project(camera, &idx, k)?;
+        self.loss_at(camera, &idx, targets, confidence, k)
+    }
+
+    /// [`loss`](Self::loss) at given landmark vertices, e.g. the base level's picks (sliding
+    /// contour points included) evaluated on the final level.
+    ///
+    /// # Shapes
+    /// `camera [B, N, 3]`, `indices [B, 68]`, `targets [B, 68, 2]`, `confidence [B, 68]` ->
+    /// (`[B]`, `[B]`).
+    pub fn loss_at(
+        &self,
+        camera: &Tensor,
+        idx: &Tensor,
+        targets: &Tensor,
+        confidence: &Tensor,
+        k: &Intrinsics,
+    ) -> Result<(Tensor, Tensor)> {
+        let uv = self.project(camera, idx, k)?;
         let d2 = (uv - targets)?.sqr()?.sum(D::Minus1)?; // [B, 68]
         let present = confidence.gt(0.0)?.to_dtype(DType::F32)?;
         let count = present.sum(D::Minus1)?.maximum(1.0)?;
