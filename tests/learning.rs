@@ -9,6 +9,9 @@
 //!   +-0.3 % of the base level's. E_photo does see the missing mode image by image, but the
 //!   corrective coefficients are not learned in so few steps, even with the mode given as the
 //!   corrective basis (measured; see README, "What the tests show", and configs/truncated.toml).
+//! - beyond the paper, with E_sparse on the final level too (`loss.sparse_final`), a base model
+//!   lacking the jaw-opening expression: the final level's geometric error falls at least 1 %
+//!   below the base level's (measured 1.5-1.9 %), and its photometric error below too.
 //!
 //! The synthetic world is small on purpose (2 identity modes with twice the prior's spread, the
 //! jaw-opening expression) so that ~1000 CPU steps are enough to see learning; the full-scale
@@ -151,4 +154,28 @@ fn pretraining_learns_and_correctives_improve_on_a_truncated_base_model() {
     eprintln!("finetuning: photometric base {pb:.4} final {pf:.4}; geometry base {gb:.3} mm final {gf:.3} mm");
     assert!(pf < 0.99 * pb, "final-level photometric error {pf} not below the base level's {pb}");
     assert!(gf < 1.01 * gb, "final-level geometric error {gf} worse than the base level's {gb}");
+
+    // Beyond the paper: with E_sparse on the final level too (`loss.sparse_final`, off in the
+    // paper's configs: eq. 10 is the base level's), the correctives do learn a missing mode. The
+    // base model here lacks the world's jaw-opening expression (both identity modes kept): the
+    // landmarks of the mouth and jaw see it in every image. Measured (2-core VM): final / base
+    // geometric error 0.982, 0.985, 0.981 for three training seeds, photometric error 1 % lower;
+    // the correction's component along the jaw mode follows the true weight (r = 0.76).
+    let mut jcfg = cfg.clone();
+    jcfg.model.shape_modes = Some(2);
+    jcfg.model.expr_modes = Some(0);
+    let pre_j = dir.path().join("pretrain-jawless");
+    run(&jcfg, Stage::Pretrain, &pre_j);
+    jcfg.train.steps = 400;
+    jcfg.optim.lr_encoder = 0.5;
+    jcfg.loss.sparse_final = 0.05;
+    jcfg.loss.smo = 0.5; // 10x: the landmark gradient acts on 68 vertices; spread it (eq. 12)
+    let fine_j = dir.path().join("finetune-jawless");
+    run(&jcfg, Stage::Finetune { from: pre_j }, &fine_j);
+    let (pb, pf) = (logged(&fine_j, "val", "photo_base"), logged(&fine_j, "val", "photo_final"));
+    let (pb, pf) = (*pb.last().unwrap(), *pf.last().unwrap());
+    let (gb, gf, _) = geometry_errors(&fine_j, &data);
+    eprintln!("jaw-less base, sparse_final: photometric base {pb:.4} final {pf:.4}; geometry base {gb:.3} mm final {gf:.3} mm");
+    assert!(pf < pb, "final-level photometric error {pf} not below the base level's {pb}");
+    assert!(gf < 0.99 * gb, "final-level geometric error {gf} not 1 % below the base level's {gb}");
 }
