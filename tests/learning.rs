@@ -175,7 +175,9 @@ fn pretraining_learns_and_correctives_improve_on_a_truncated_base_model() {
     let (pb, pf) = (logged(&fine_j, "val", "photo_base"), logged(&fine_j, "val", "photo_final"));
     let (pb, pf) = (*pb.last().unwrap(), *pf.last().unwrap());
     let (gb, gf, _) = geometry_errors(&fine_j, &data);
-    eprintln!("jaw-less base, sparse_final: photometric base {pb:.4} final {pf:.4}; geometry base {gb:.3} mm final {gf:.3} mm");
+    eprintln!(
+        "jaw-less base, sparse_final: photometric base {pb:.4} final {pf:.4}; geometry base {gb:.3} mm final {gf:.3} mm"
+    );
     assert!(pf < pb, "final-level photometric error {pf} not below the base level's {pb}");
     assert!(gf < 0.99 * gb, "final-level geometric error {gf} not 1 % below the base level's {gb}");
 }

@@ -56,6 +56,18 @@ fn without_gradient(varmap: &VarMap, net: &FaceNet, cfg: &Config, tb: &TrainBatc
     missing
 }
 
+/// A finetuning network on the demo model (zero corrective bases) whose output layer is small
+/// and random, as after pretraining.
+fn finetuning_net(cfg: &Config, varmap: &VarMap) -> FaceNet {
+    let dev = Device::Cpu;
+    let net = FaceNet::new(&fml::face_model::demo::demo_model(), cfg, true, Backend::Fast, varmap, &dev).unwrap();
+    let data = varmap.data().lock().unwrap();
+    let head = &data["encoder.head.weight"];
+    head.set(&(candle_core::Tensor::randn(0f32, 1f32, head.shape(), &dev).unwrap() * 1e-3).unwrap()).unwrap();
+    drop(data);
+    net
+}
+
 #[test]
 fn every_trainable_tensor_receives_a_gradient_when_finetuning() {
     // Finetuning starts from a pretrained encoder, i.e. a non-zero output layer; with it one
@@ -63,14 +75,8 @@ fn every_trainable_tensor_receives_a_gradient_when_finetuning() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(&data(dir.path()));
     let dev = Device::Cpu;
-    let model = fml::face_model::demo::demo_model();
     let varmap = VarMap::new();
-    let net = FaceNet::new(&model, &cfg, true, Backend::Fast, &varmap, &dev).unwrap();
-    {
-        let data = varmap.data().lock().unwrap();
-        let head = &data["encoder.head.weight"];
-        head.set(&(candle_core::Tensor::randn(0f32, 1f32, head.shape(), &dev).unwrap() * 1e-3).unwrap()).unwrap();
-    }
+    let net = finetuning_net(&cfg, &varmap);
     let tb = batch(&cfg, &dev);
     let missing = without_gradient(&varmap, &net, &cfg, &tb);
     assert!(missing.is_empty(), "no gradient for {missing:?}");
@@ -241,14 +247,8 @@ fn sparse_final_is_off_by_default_and_is_e_sparse_on_the_final_level() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(&data(dir.path()));
     let dev = Device::Cpu;
-    let model = fml::face_model::demo::demo_model();
     let varmap = VarMap::new();
-    let net = FaceNet::new(&model, &cfg, true, Backend::Fast, &varmap, &dev).unwrap();
-    {
-        let data = varmap.data().lock().unwrap();
-        let head = &data["encoder.head.weight"];
-        head.set(&(candle_core::Tensor::randn(0f32, 1f32, head.shape(), &dev).unwrap() * 1e-3).unwrap()).unwrap();
-    }
+    let net = finetuning_net(&cfg, &varmap);
     let tb = batch(&cfg, &dev);
     let pred = net.predict(&tb.images).unwrap();
     let term = |t: &fml::loss::LossTerms, name: &str| t.terms.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
