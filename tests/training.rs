@@ -44,16 +44,17 @@ fn without_gradient(varmap: &VarMap, net: &FaceNet, cfg: &Config, tb: &TrainBatc
     let grads = objective.compute(net, &pred, tb).unwrap().total.backward().unwrap();
     let mut missing = Vec::new();
     for (name, var) in varmap.data().lock().unwrap().iter() {
-        let ok = grads
-            .get(var.as_tensor())
-            .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0)
-            .unwrap_or(false);
-        if !ok {
+        if !has_gradient(&grads, var) {
             missing.push(name.clone());
         }
     }
     missing.sort();
     missing
+}
+
+/// Whether `grads` holds a gradient for `var` that is not all zero.
+fn has_gradient(grads: &candle_core::backprop::GradStore, var: &candle_core::Var) -> bool {
+    grads.get(var.as_tensor()).is_some_and(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0)
 }
 
 /// A finetuning network on the demo model (zero corrective bases) whose output layer is small
@@ -264,12 +265,7 @@ fn sparse_final_is_off_by_default_and_is_e_sparse_on_the_final_level() {
     let d = scalar(&on.total) - scalar(&off.total);
     assert!((d - 0.5 * scalar(&sf)).abs() <= 1e-5 * scalar(&on.total), "total grows by the weighted term: {d}");
     let geometry = varmap.data().lock().unwrap()[fml::face_model::multilevel::GEOMETRY_CORRECTIVES].clone();
-    let reaches = |t: &candle_core::Tensor| {
-        t.backward()
-            .unwrap()
-            .get(geometry.as_tensor())
-            .is_some_and(|g| scalar(&g.abs().unwrap().sum_all().unwrap()) > 0.0)
-    };
+    let reaches = |t: &candle_core::Tensor| has_gradient(&t.backward().unwrap(), &geometry);
     assert!(reaches(&sf), "E_sparse on the final level must reach the geometry correctives");
     assert!(!reaches(&s), "E_sparse (eq. 10) is the base level's");
 }
