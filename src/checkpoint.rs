@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// File name of a run's checkpoint.
 pub const FILE: &str = "checkpoint.safetensors";
@@ -23,7 +23,7 @@ pub struct Meta {
     /// Completed optimisation steps.
     pub step: u64,
     /// The loader position of the next batch.
-    pub loader: crate::data::loader::Position,
+    pub loader: Position,
     /// Seed of every random choice of the run. All randomness (shuffling, augmentation) is
     /// counter-based — a function of (seed, epoch, record) — so seed plus loader position is
     /// the complete RNG state.
@@ -34,10 +34,20 @@ pub struct Meta {
     pub correctives: usize,
 }
 
+/// Where a data loader is: `index` faces of epoch `epoch` have been delivered. Defined here,
+/// beside the checkpoint that stores it, and used by `data::loader`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub index: usize,
+}
+
 /// A loaded checkpoint.
 pub struct Checkpoint {
     pub meta: Meta,
     pub tensors: HashMap<String, Tensor>,
+    /// The file it was read from (named by errors about its contents).
+    pub path: PathBuf,
 }
 
 /// Save the variables of `varmap` plus `extra` tensors (optimiser state) and `meta`, atomically.
@@ -52,7 +62,7 @@ pub fn save(path: &Path, varmap: &VarMap, extra: &[(String, Tensor)], meta: &Met
     let mut info = HashMap::new();
     info.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("meta serialises"));
     let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(info))
-        .map_err(|e| Error::invalid(format!("serialising checkpoint: {e}")))?;
+        .map_err(|e| Error::format(path, format!("serialising the checkpoint: {e}")))?;
     crate::io::write_atomic_bytes(path, &bytes)
 }
 
@@ -71,12 +81,15 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::format(path, format!("reading tensors: {e}")))?;
     for (name, t) in &tensors {
-        let s = t.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        let s = t
+            .to_dtype(candle_core::DType::F64)
+            .and_then(|t| t.sum_all()?.to_scalar::<f64>())
+            .map_err(|e| Error::format(path, format!("tensor {name}: {e}")))?;
         if !s.is_finite() {
             return Err(Error::format(path, format!("tensor {name} holds NaN or infinite values")));
         }
     }
-    Ok(Checkpoint { meta, tensors })
+    Ok(Checkpoint { meta, tensors, path: path.to_path_buf() })
 }
 
 /// Put the checkpoint's tensors whose names start with one of `prefixes` into `varmap`
@@ -89,16 +102,17 @@ pub fn restore_vars(ckpt: &Checkpoint, varmap: &VarMap, prefixes: &[&str]) -> Re
             match data.get(name) {
                 Some(v) => {
                     if v.dims() != t.dims() {
-                        return Err(Error::invalid(format!(
-                            "checkpoint tensor {name} has shape {:?}, the model has {:?}",
-                            t.dims(),
-                            v.dims()
-                        )));
+                        return Err(Error::format(
+                            &ckpt.path,
+                            format!("tensor {name} has shape {:?}, the model has {:?}", t.dims(), v.dims()),
+                        ));
                     }
-                    v.set(t)?;
+                    v.set(t).map_err(|e| Error::format(&ckpt.path, format!("restoring {name}: {e}")))?;
                 }
                 None => {
-                    data.insert(name.clone(), candle_core::Var::from_tensor(t)?);
+                    let var = candle_core::Var::from_tensor(t)
+                        .map_err(|e| Error::format(&ckpt.path, format!("restoring {name}: {e}")))?;
+                    data.insert(name.clone(), var);
                 }
             }
             n += 1;

@@ -1,11 +1,12 @@
 //! Run configuration (TOML): face model, data, camera, encoder, loss weights, optimiser and
 //! schedule. Defaults follow the paper where it gives numbers (each says where); the rest are our
 //! choices, documented beside the field.
+//!
+//! Config is shared by every stage, so the sections of pipeline modules (encoder architecture,
+//! output scales, renderer backend, augmentation) are defined here as plain data; the modules
+//! re-export them and add their behaviour.
 
-use crate::encoder::EncoderConfig;
 use crate::error::{Error, Result};
-use crate::network::params::ParamScales;
-use crate::render::layer::Backend;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -23,7 +24,7 @@ pub struct Config {
     pub optim: OptimConfig,
     pub train: TrainConfig,
     /// Training-time augmentation of the crops (none by default).
-    pub augment: crate::data::augment::Augment,
+    pub augment: Augment,
 }
 
 /// Which face model, possibly truncated to play a limited base level.
@@ -226,6 +227,145 @@ impl Default for TrainConfig {
     }
 }
 
+/// One convolution: `[out_channels, kernel, stride, padding, max-pool 3x3/2 after it (0/1)]`.
+pub type ConvSpec = [usize; 5];
+
+/// Encoder architecture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Input crop size (square), pixels. Paper: 240.
+    pub input_size: usize,
+    /// The five convolutions. Default: AlexNet's (96 11x11/4, 256 5x5, 384 3x3, 384 3x3, 256 3x3,
+    /// overlapping 3x3/2 max-pooling after 1, 2 and 5), without local response normalisation.
+    pub conv: Vec<ConvSpec>,
+    /// Hidden fully connected widths. Default: AlexNet's 4096, 4096.
+    pub fc: Vec<usize>,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            input_size: 240,
+            conv: vec![[96, 11, 4, 0, 1], [256, 5, 1, 2, 1], [384, 3, 1, 1, 0], [384, 3, 1, 1, 0], [256, 3, 1, 1, 1]],
+            fc: vec![4096, 4096],
+        }
+    }
+}
+
+impl EncoderConfig {
+    /// Spatial size after the convolution stack, or an error naming the layer that shrinks the
+    /// map to nothing.
+    pub fn feature_size(&self) -> Result<(usize, usize)> {
+        let mut s = self.input_size;
+        let mut c = 3;
+        for (i, &[out, k, stride, pad, pool]) in self.conv.iter().enumerate() {
+            if stride == 0 || s + 2 * pad < k {
+                return Err(Error::invalid(format!("encoder conv{} (kernel {k}) does not fit a {s}x{s} input", i + 1)));
+            }
+            s = (s + 2 * pad - k) / stride + 1;
+            if pool == 1 {
+                if s < 3 {
+                    return Err(Error::invalid(format!(
+                        "encoder pool after conv{} needs at least 3x3, has {s}x{s}",
+                        i + 1
+                    )));
+                }
+                s = (s - 3) / 2 + 1;
+            }
+            c = out;
+        }
+        Ok((c, s))
+    }
+}
+
+/// Scales from raw network outputs to parameters. The raw outputs are O(1); these put them in
+/// physical units so that every output starts with a comparable effect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParamScales {
+    /// Radians per unit output (Euler angles).
+    pub rotation: f32,
+    /// Millimetres per unit output for (x, y, z) translation.
+    pub translation: [f32; 3],
+    /// SH coefficient change per unit output.
+    pub light: f32,
+}
+
+impl Default for ParamScales {
+    fn default() -> Self {
+        ParamScales { rotation: 1.0, translation: [10.0, 10.0, 100.0], light: 1.0 }
+    }
+}
+
+/// Which implementation computes normals, shading, sampling and the photometric term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Candle tensor ops with autograd: the test oracle.
+    Reference,
+    /// Our custom ops (rayon on CPU, CUDA kernels with feature `cuda`).
+    Fast,
+}
+
+/// Augmentation ranges. `Default` is no augmentation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Maximum shift in crop pixels, uniform in [-shift_px, shift_px] per axis.
+    pub shift_px: f32,
+    /// Uniform scale factor range [lo, hi] about the crop centre.
+    pub scale_range: [f32; 2],
+    /// Strength j of colour jitter: brightness and contrast factors uniform in [1-j, 1+j],
+    /// per-channel gains in [1-j/2, 1+j/2]. 0 disables.
+    pub color_jitter: f32,
+    /// Probability of a horizontal flip.
+    pub flip_prob: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment::none()
+    }
+}
+
+impl Augment {
+    /// No augmentation: the loader returns the stored crops exactly.
+    pub fn none() -> Self {
+        Augment { shift_px: 0.0, scale_range: [1.0, 1.0], color_jitter: 0.0, flip_prob: 0.0 }
+    }
+
+    /// Mild augmentation for training on 240 px crops (our choice; the paper does not mention
+    /// any): +-8 px (3 %) shifts and +-5 % scale mimic the jitter of a face detector's box,
+    /// which is what test-time crops will have; colour jitter 0.1 covers camera white balance
+    /// and exposure without changing what the SH lighting must explain much; flips double the
+    /// identities seen.
+    pub fn standard() -> Self {
+        Augment { shift_px: 8.0, scale_range: [0.95, 1.05], color_jitter: 0.1, flip_prob: 0.5 }
+    }
+
+    /// Check the ranges.
+    pub fn validate(&self) -> Result<()> {
+        let [lo, hi] = self.scale_range;
+        let ok = self.shift_px.is_finite()
+            && self.shift_px >= 0.0
+            && lo.is_finite()
+            && hi.is_finite()
+            && lo > 0.0
+            && lo <= hi
+            && (0.0..1.0).contains(&self.color_jitter)
+            && (0.0..=1.0).contains(&self.flip_prob);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "invalid augmentation {self:?}: need shift_px >= 0, 0 < scale lo <= hi, \
+                 color_jitter in [0, 1), flip_prob in [0, 1]"
+            )))
+        }
+    }
+}
+
 impl Config {
     /// Read a TOML config; unknown keys and bad values are errors naming the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Config> {
@@ -247,14 +387,41 @@ impl Config {
         if self.train.batch == 0 {
             return bad("train.batch must be positive".into());
         }
-        if !(0.0..1.0).contains(&self.optim.rho) || self.optim.eps <= 0.0 {
+        if !((0.0..1.0).contains(&self.optim.rho) && self.optim.eps > 0.0 && self.optim.eps.is_finite()) {
             return bad(format!(
                 "optim.rho must be in [0, 1) and optim.eps positive (got {} / {})",
                 self.optim.rho, self.optim.eps
             ));
         }
-        if self.camera.focal <= 0.0 || self.camera.near <= 0.0 || self.camera.landmark_fill <= 0.0 {
-            return bad("camera.focal, camera.near and camera.landmark_fill must be positive".into());
+        let o = &self.optim;
+        for (name, lr) in
+            [("lr_encoder", o.lr_encoder), ("lr_geometry", o.lr_geometry), ("lr_reflectance", o.lr_reflectance)]
+        {
+            // 0 is allowed: it freezes a group (used to isolate one kind of corrective).
+            if !(lr >= 0.0 && lr.is_finite()) {
+                return bad(format!("optim.{name} = {lr} must be a non-negative number"));
+            }
+        }
+        let positive = |x: f32| x > 0.0 && x.is_finite();
+        let c = &self.camera;
+        if !(positive(c.focal) && positive(c.near) && positive(c.landmark_fill)) {
+            return bad(format!(
+                "camera.focal, camera.near and camera.landmark_fill must be positive numbers (got {} / {} / {})",
+                c.focal, c.near, c.landmark_fill
+            ));
+        }
+        let p = &self.params;
+        if !(positive(p.rotation) && p.translation.iter().all(|&t| positive(t)) && positive(p.light)) {
+            return bad(format!("params scales must be positive numbers (got {p:?})"));
+        }
+        let k = &self.correctives;
+        if !(k.scale.iter().all(|&x| positive(x))
+            && k.init_std.iter().chain([&k.head_std]).all(|&x| x >= 0.0 && x.is_finite()))
+        {
+            return bad(format!(
+                "correctives.scale must be positive and init_std / head_std non-negative numbers (got {:?} / {:?} / {})",
+                k.scale, k.init_std, k.head_std
+            ));
         }
         if self.encoder.conv.len() != 5 {
             return bad(format!(
@@ -262,9 +429,26 @@ impl Config {
                 self.encoder.conv.len()
             ));
         }
+        for (i, &[out, kernel, _, _, pool]) in self.encoder.conv.iter().enumerate() {
+            if out == 0 || kernel == 0 || pool > 1 {
+                return bad(format!(
+                    "encoder.conv[{i}] = {:?}: channels and kernel must be positive and the pool flag 0 or 1",
+                    self.encoder.conv[i]
+                ));
+            }
+        }
+        if self.encoder.input_size == 0 || self.encoder.fc.contains(&0) {
+            return bad(format!(
+                "encoder.input_size ({}) and the encoder.fc widths ({:?}) must be positive",
+                self.encoder.input_size, self.encoder.fc
+            ));
+        }
         self.encoder.feature_size()?;
-        if !(0.0..=2.0).contains(&self.loss.ref_p) {
+        if !(self.loss.ref_p > 0.0 && self.loss.ref_p <= 2.0) {
             return bad(format!("loss.ref_p = {} is outside (0, 2]", self.loss.ref_p));
+        }
+        if !(self.loss.ref_beta >= 0.0 && self.loss.ref_beta.is_finite()) {
+            return bad(format!("loss.ref_beta = {} must be a non-negative number", self.loss.ref_beta));
         }
         for (name, w) in [
             ("photo", self.loss.photo),
@@ -306,6 +490,37 @@ mod tests {
         assert!(e.contains("bad.toml") && e.contains("batchsize"), "{e}");
         std::fs::write(&p, "[train]\nbatch = 0\n").unwrap();
         assert!(Config::load(&p).unwrap_err().to_string().contains("batch"));
+        // Every number the trainer divides by, scales with or takes a power of is range-checked
+        // at load time, with the key in the message.
+        for (text, key) in [
+            ("[camera]\nfocal = nan\n", "camera.focal"),
+            ("[camera]\nnear = inf\n", "camera.near"),
+            ("[optim]\neps = inf\n", "optim.eps"),
+            ("[optim]\nlr_geometry = -0.1\n", "optim.lr_geometry"),
+            ("[params]\nlight = 0.0\n", "params"),
+            ("[correctives]\nscale = [100.0, 0.0]\n", "correctives.scale"),
+            ("[correctives]\nhead_std = nan\n", "head_std"),
+            ("[loss]\nref_p = 0.0\n", "loss.ref_p"),
+            ("[loss]\nref_beta = -1.0\n", "loss.ref_beta"),
+            (
+                "[encoder]\ninput_size = 0\nconv = [[8,3,1,1,0],[8,3,1,1,0],[8,3,1,1,0],[8,3,1,1,0],[8,3,1,1,0]]\nfc = [8]\n",
+                "input_size",
+            ),
+            (
+                "[encoder]\ninput_size = 16\nconv = [[8,3,1,1,2],[8,3,1,1,0],[8,3,1,1,0],[8,3,1,1,0],[8,3,1,1,0]]\nfc = [8]\n",
+                "pool flag",
+            ),
+            (
+                "[encoder]\ninput_size = 16\nconv = [[8,3,1,1,0],[8,3,1,1,0],[8,3,1,1,0],[8,3,1,1,0],[8,3,1,1,0]]\nfc = [0]\n",
+                "fc",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains("bad.toml") && e.contains(key), "{text}: {e}");
+        }
+        std::fs::write(&p, "[optim]\nlr_reflectance = 0.0\n").unwrap();
+        assert!(Config::load(&p).is_ok(), "lr 0 freezes a group");
     }
 
     #[test]

@@ -56,6 +56,18 @@ pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64, faces: usize) -> Resu
     // Reconstruct with the shipped network.
     let run = crate::infer::resolve_run(run)?;
     let trained = load_run(&run, &Device::Cpu)?;
+    // The ground truth has the demo model's topology and the error is measured vertex by vertex:
+    // a run trained on another face model (an import) cannot be scored here.
+    let theirs = &trained.net.face_model;
+    if theirs.num_vertices() != model.num_vertices() || theirs.triangles != model.triangles {
+        return Err(Error::invalid(format!(
+            "{}: the demo scores against the built-in demo model ({} vertices), but this run's face \
+             model has {} vertices / another topology; use `fml reconstruct` or `fml eval` for it",
+            run.display(),
+            model.num_vertices(),
+            theirs.num_vertices()
+        )));
+    }
     let opts = ReconstructOptions { overlay: Some(OverlayConfig::default()), ..Default::default() };
     let rec = Reconstructor::new(trained, opts)?;
     let ecfg = EvalConfig { progress: false, ..Default::default() };

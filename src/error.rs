@@ -46,11 +46,3 @@ impl Error {
         Error::Invalid(what.into())
     }
 }
-
-/// `bail!`-style early return with [`Error::Invalid`].
-#[macro_export]
-macro_rules! invalid {
-    ($($arg:tt)*) => {
-        return Err($crate::error::Error::Invalid(format!($($arg)*)))
-    };
-}

@@ -20,6 +20,7 @@ pub mod io;
 pub mod kernel;
 pub mod loss;
 pub mod network;
+pub mod progress;
 pub mod render;
 pub mod rng;
 pub mod synth;

@@ -301,6 +301,28 @@ fn missing_default_model_and_base_only_final_level_are_clear_errors() {
 }
 
 #[test]
+fn demo_refuses_a_run_of_another_face_model() {
+    // The demo scores vertex by vertex against the demo model's ground truth: a run whose face
+    // model has another topology (here: the same vertices, the triangles in another order) is
+    // refused with a message, not indexed out of bounds.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut other = demo_model();
+    other.triangles.rotate_left(1);
+    other.save(d.join("other.safetensors")).unwrap();
+    let run = make_run_with(&d.join("run"), d.join("other.safetensors").to_str().unwrap(), 0, |_| vec![]);
+    fml()
+        .args(["demo", "--faces", "1", "--checkpoint"])
+        .arg(&run)
+        .arg("-o")
+        .arg(d.join("demo"))
+        .assert()
+        .failure()
+        .stderr(contains("another topology"))
+        .stderr(contains("run"));
+}
+
+#[test]
 fn export_from_a_checkpoint_file_reconstructs_identically() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -10,67 +10,13 @@
 
 use super::dataset::Record;
 use super::landmarks::N_LANDMARKS;
-use crate::error::{Error, Result};
-use crate::face_model::landmarks::IBUG68_FLIP;
+use super::scheme::IBUG68_FLIP;
 use crate::rng::Rng;
 
-/// Augmentation ranges. `Default` is no augmentation.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Augment {
-    /// Maximum shift in crop pixels, uniform in [-shift_px, shift_px] per axis.
-    pub shift_px: f32,
-    /// Uniform scale factor range [lo, hi] about the crop centre.
-    pub scale_range: [f32; 2],
-    /// Strength j of colour jitter: brightness and contrast factors uniform in [1-j, 1+j],
-    /// per-channel gains in [1-j/2, 1+j/2]. 0 disables.
-    pub color_jitter: f32,
-    /// Probability of a horizontal flip.
-    pub flip_prob: f32,
-}
-
-impl Default for Augment {
-    fn default() -> Self {
-        Augment::none()
-    }
-}
+/// The ranges (a config section, hence defined in `config`).
+pub use crate::config::Augment;
 
 impl Augment {
-    /// No augmentation: the loader returns the stored crops exactly.
-    pub fn none() -> Self {
-        Augment { shift_px: 0.0, scale_range: [1.0, 1.0], color_jitter: 0.0, flip_prob: 0.0 }
-    }
-
-    /// Mild augmentation for training on 240 px crops (our choice; the paper does not mention
-    /// any): +-8 px (3 %) shifts and +-5 % scale mimic the jitter of a face detector's box,
-    /// which is what test-time crops will have; colour jitter 0.1 covers camera white balance
-    /// and exposure without changing what the SH lighting must explain much; flips double the
-    /// identities seen.
-    pub fn standard() -> Self {
-        Augment { shift_px: 8.0, scale_range: [0.95, 1.05], color_jitter: 0.1, flip_prob: 0.5 }
-    }
-
-    /// Check the ranges.
-    pub fn validate(&self) -> Result<()> {
-        let [lo, hi] = self.scale_range;
-        let ok = self.shift_px.is_finite()
-            && self.shift_px >= 0.0
-            && lo.is_finite()
-            && hi.is_finite()
-            && lo > 0.0
-            && lo <= hi
-            && (0.0..1.0).contains(&self.color_jitter)
-            && (0.0..=1.0).contains(&self.flip_prob);
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::invalid(format!(
-                "invalid augmentation {self:?}: need shift_px >= 0, 0 < scale lo <= hi, \
-                 color_jitter in [0, 1), flip_prob in [0, 1]"
-            )))
-        }
-    }
-
     /// Draw one sample's parameters. Always consumes the same number of random values, so
     /// the stream does not depend on which augmentations are enabled.
     pub fn draw(&self, rng: &mut Rng) -> Draw {

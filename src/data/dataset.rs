@@ -21,8 +21,8 @@
 //! The train/validation split is a flag per record in the index (one file, both splits).
 
 use super::landmarks::N_LANDMARKS;
+use super::scheme::Scheme;
 use crate::error::{Error, Result};
-use crate::face_model::landmarks::Scheme;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 

@@ -8,10 +8,10 @@
 //!
 //! Both 68-point (iBUG / Multi-PIE) and 66-point (tracker, iBUG-68 without the inner mouth
 //! corners 60 and 64) files are accepted; the count decides the scheme and points a scheme lacks
-//! get confidence 0 (see [`crate::face_model::landmarks::to_ibug68`]).
+//! get confidence 0 (see [`crate::data::scheme::to_ibug68`]).
 
+use super::scheme::to_ibug68;
 use crate::error::{Error, Result};
-use crate::face_model::landmarks::to_ibug68;
 use std::path::{Path, PathBuf};
 
 /// Number of landmarks stored internally (iBUG-68).
@@ -187,7 +187,8 @@ impl LandMap {
             ));
         }
         let mut to_ibug = [None; N_LANDMARKS];
-        let mut used = vec![false; count];
+        // A set, not a `count`-long table: the count comes from the user's file.
+        let mut used = std::collections::HashSet::new();
         for (k, &(ln, tok)) in lines[1..].iter().enumerate() {
             if tok == "-" {
                 continue;
@@ -198,7 +199,7 @@ impl LandMap {
             if i >= count {
                 return Err(Error::format(path, format!("line {ln}: index {i} out of range for {count} points")));
             }
-            if std::mem::replace(&mut used[i], true) {
+            if !used.insert(i) {
                 return Err(Error::format(path, format!("line {ln}: point {i} is mapped twice")));
             }
             to_ibug[k] = Some(i);

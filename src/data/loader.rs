@@ -64,12 +64,8 @@ impl Default for LoaderConfig {
     }
 }
 
-/// Where the loader is: `index` faces of epoch `epoch` have been delivered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Position {
-    pub epoch: u64,
-    pub index: usize,
-}
+/// Where the loader is (stored in checkpoints, hence defined there).
+pub use crate::checkpoint::Position;
 
 /// One batch, as plain vectors (candle-free; see [`Batch::to_tensors`]).
 #[derive(Clone, Debug, PartialEq)]

@@ -1,7 +1,7 @@
 //! Training data: landmark files, image reading, face crops, the packed dataset file written by
 //! `fml prepare`, and the batch loader the trainer reads it with.
 //!
-//! Flow: [`prepare::prepare`] reads images + landmarks ([`landmarks`], [`image`]), crops faces
+//! Flow: [`prepare::prepare`] reads images + landmarks ([`landmarks`], in the schemes of [`scheme`], [`image`]), crops faces
 //! ([`crop`]) and writes one `.fmlds` file ([`dataset`]); [`loader::Loader`] serves
 //! augmented ([`augment`]) batches from it. Nothing here depends on candle except
 //! [`loader::Batch::to_tensors`].
@@ -13,6 +13,7 @@ pub mod image;
 pub mod landmarks;
 pub mod loader;
 pub mod prepare;
+pub mod scheme;
 
 pub use augment::Augment;
 pub use dataset::{Dataset, Split};

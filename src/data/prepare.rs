@@ -329,20 +329,6 @@ fn process(c: &Candidate, cfg: &PrepareConfig) -> Processed {
     Ok((record, meta))
 }
 
-fn progress_bar(n: usize, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::with_draw_target(Some(n as u64), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} faces {per_sec} eta {eta}")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_prefix("prepare");
-    pb
-}
-
 /// Run `prepare`: read `inputs` (folders, images, `.json`/`.csv` manifests), write the dataset
 /// to `output` atomically, and return the report. Fails (writing nothing) only when no face is
 /// usable or the output cannot be written; the error then carries the skip summary.
@@ -387,7 +373,7 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
         "outside_tolerance": cfg.outside_tolerance,
         "land_y_up": cfg.land_y_up,
     });
-    let pb = progress_bar(candidates.len(), cfg.progress);
+    let pb = crate::progress::Progress::new("prepare", "faces", candidates.len(), cfg.progress);
     let chunk = cfg.chunk.max(1);
     let mut skips: Vec<(SkipReason, String)> = Vec::new();
     let (mut n_train, mut n_val) = (0, 0);
@@ -398,6 +384,9 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
             .par_iter()
             .map(|c| {
                 let r = process(c, cfg);
+                if r.is_err() {
+                    pb.fail(1);
+                }
                 pb.inc(1);
                 r
             })
@@ -418,7 +407,7 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
         kept
     });
     let written = write_dataset(output, cfg.crop.size, info, records);
-    pb.finish_and_clear();
+    pb.finish();
     for (reason, msg) in skips {
         report.skip(reason, msg);
     }
@@ -525,7 +514,7 @@ mod tests {
                     "face {b} point {i}: dot {c:?} landmark {l:?}"
                 );
                 // After a flip the dot drawn at landmark i sits at landmark FLIP[i] (36 <-> 45).
-                let j = crate::face_model::landmarks::IBUG68_FLIP[*i];
+                let j = crate::data::scheme::IBUG68_FLIP[*i];
                 let fc = centroid(fimg, s, ch);
                 let fl = &flipped.landmarks[(b * 68 + j) * 2..][..2];
                 assert!(

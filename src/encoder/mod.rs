@@ -14,59 +14,8 @@ use candle_nn::{Linear, VarBuilder, VarMap};
 mod cuda;
 pub mod im2col;
 pub mod pool;
-use serde::{Deserialize, Serialize};
-
-/// One convolution: `[out_channels, kernel, stride, padding, max-pool 3x3/2 after it (0/1)]`.
-pub type ConvSpec = [usize; 5];
-
-/// Encoder architecture.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncoderConfig {
-    /// Input crop size (square), pixels. Paper: 240.
-    pub input_size: usize,
-    /// The five convolutions. Default: AlexNet's (96 11x11/4, 256 5x5, 384 3x3, 384 3x3, 256 3x3,
-    /// overlapping 3x3/2 max-pooling after 1, 2 and 5), without local response normalisation.
-    pub conv: Vec<ConvSpec>,
-    /// Hidden fully connected widths. Default: AlexNet's 4096, 4096.
-    pub fc: Vec<usize>,
-}
-
-impl Default for EncoderConfig {
-    fn default() -> Self {
-        EncoderConfig {
-            input_size: 240,
-            conv: vec![[96, 11, 4, 0, 1], [256, 5, 1, 2, 1], [384, 3, 1, 1, 0], [384, 3, 1, 1, 0], [256, 3, 1, 1, 1]],
-            fc: vec![4096, 4096],
-        }
-    }
-}
-
-impl EncoderConfig {
-    /// Spatial size after the convolution stack, or an error naming the layer that shrinks the
-    /// map to nothing.
-    pub fn feature_size(&self) -> Result<(usize, usize)> {
-        let mut s = self.input_size;
-        let mut c = 3;
-        for (i, &[out, k, stride, pad, pool]) in self.conv.iter().enumerate() {
-            if stride == 0 || s + 2 * pad < k {
-                return Err(Error::invalid(format!("encoder conv{} (kernel {k}) does not fit a {s}x{s} input", i + 1)));
-            }
-            s = (s + 2 * pad - k) / stride + 1;
-            if pool == 1 {
-                if s < 3 {
-                    return Err(Error::invalid(format!(
-                        "encoder pool after conv{} needs at least 3x3, has {s}x{s}",
-                        i + 1
-                    )));
-                }
-                s = (s - 3) / 2 + 1;
-            }
-            c = out;
-        }
-        Ok((c, s))
-    }
-}
+/// The architecture (a config section, hence defined in `config`).
+pub use crate::config::{ConvSpec, EncoderConfig};
 
 /// One convolution layer: weights `[O, C, k, k]`, bias `[O]`, stride, padding, pool after.
 #[derive(Clone, Debug)]

@@ -11,7 +11,6 @@ pub mod demo;
 pub mod format;
 pub mod ict;
 pub mod import;
-pub mod landmarks;
 pub mod mat;
 pub mod multilevel;
 pub mod regions;
@@ -58,12 +57,6 @@ pub struct FaceModel {
     pub face_region: Vec<u32>,
     /// Free-form metadata: name, source, license, units, albedo origin, ...
     pub metadata: BTreeMap<String, String>,
-}
-
-/// Which iBUG-68 landmarks are sliding contour points (Sec. 6.1, Fig. 2): the jaw line except
-/// the chin (8). 0..=7 slide over `contour_right`, 9..=16 over `contour_left`.
-pub fn is_sliding_landmark(index: usize) -> bool {
-    index <= 16 && index != 8
 }
 
 impl FaceModel {

@@ -20,7 +20,6 @@ use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::fmt;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -284,62 +283,6 @@ pub fn write_outputs(r: &Reconstruction, item: &PlanItem) -> Result<()> {
     Ok(())
 }
 
-/// Progress on stderr: a bar on a terminal, a line per batch otherwise, nothing when off.
-enum Progress {
-    Off,
-    Bar(indicatif::ProgressBar),
-    /// Plain lines (stderr not a terminal): about every 5%, so long runs log ~20 lines.
-    Lines {
-        total: usize,
-        last: std::cell::Cell<usize>,
-    },
-}
-
-impl Progress {
-    fn new(total: usize, show: bool) -> Self {
-        if !show {
-            return Progress::Off;
-        }
-        if std::io::stderr().is_terminal() {
-            let bar =
-                indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::stderr());
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("reconstruct [{bar:40}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            Progress::Bar(bar)
-        } else {
-            Progress::Lines { total, last: std::cell::Cell::new(0) }
-        }
-    }
-
-    fn update(&self, done: usize, failed: usize) {
-        match self {
-            Progress::Off => {}
-            Progress::Bar(b) => {
-                b.set_position(done as u64);
-                if failed > 0 {
-                    b.set_message(format!("{failed} failed"));
-                }
-            }
-            Progress::Lines { total, last } => {
-                let step = (*total / 20).max(1);
-                if done / step > last.get() / step || done == *total {
-                    last.set(done);
-                    eprintln!("reconstruct: {done}/{total} done, {failed} failed");
-                }
-            }
-        }
-    }
-
-    fn finish(self) {
-        if let Progress::Bar(b) = self {
-            b.finish_and_clear();
-        }
-    }
-}
-
 /// Run a plan in batches of `batch` images: reconstruct, write, and collect failures (planning
 /// failures included) without stopping.
 pub fn run(rec: &Reconstructor, plan: Plan, batch: usize, progress: bool) -> Report {
@@ -347,8 +290,7 @@ pub fn run(rec: &Reconstructor, plan: Plan, batch: usize, progress: bool) -> Rep
     let total = plan.items.len() + plan.failures.len();
     let mut failures = plan.failures;
     let mut written = 0;
-    let bar = Progress::new(plan.items.len(), progress);
-    let mut done = 0;
+    let bar = crate::progress::Progress::new("reconstruct", "images", plan.items.len(), progress);
     for chunk in plan.items.chunks(batch.max(1)) {
         let inputs: Vec<InputImage> = chunk.iter().map(|i| i.input.clone()).collect();
         let results = rec.reconstruct_batch(&inputs);
@@ -357,11 +299,13 @@ pub fn run(rec: &Reconstructor, plan: Plan, batch: usize, progress: bool) -> Rep
         for (o, item) in outcomes.into_iter().zip(chunk) {
             match o {
                 Ok(()) => written += 1,
-                Err(e) => failures.push(Failure { input: item.input.name(), error: e.to_string() }),
+                Err(e) => {
+                    bar.fail(1);
+                    failures.push(Failure { input: item.input.name(), error: e.to_string() })
+                }
             }
         }
-        done += chunk.len();
-        bar.update(done, failures.len());
+        bar.inc(chunk.len());
     }
     bar.finish();
     Report { total, written, failures, seconds: start.elapsed().as_secs_f64() }

@@ -537,13 +537,7 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
     let final_is_base = net.model.correctives.is_none();
     let mean_vertices = crate::face_model::to_vec3(&net.face_model.mean_shape); // [N, 3]
 
-    let bar = if cfg.progress {
-        let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} poses [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        indicatif::ProgressBar::new(entries.len() as u64).with_style(style)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::progress::Progress::new("eval", "poses", entries.len(), cfg.progress);
     let mut meshes = Vec::new();
     let mut skipped = Vec::new();
     let skip = |e: &PoseEntry, reason: String| Skipped {
@@ -553,6 +547,7 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
         reason,
     };
     for chunk in entries.chunks(cfg.batch) {
+        let skipped_before = skipped.len();
         let mut ready = Vec::with_capacity(chunk.len());
         for e in chunk {
             match prepare_pose(e, size, cfg) {
@@ -561,7 +556,8 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
             }
         }
         if ready.is_empty() {
-            bar.inc(chunk.len() as u64);
+            bar.fail(skipped.len() - skipped_before);
+            bar.inc(chunk.len());
             continue;
         }
         let inputs: Vec<&[f32]> = ready.iter().map(|p| p.chw.as_slice()).collect();
@@ -606,9 +602,10 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
                 mean_face,
             });
         }
-        bar.inc(chunk.len() as u64);
+        bar.fail(skipped.len() - skipped_before);
+        bar.inc(chunk.len());
     }
-    bar.finish_and_clear();
+    bar.finish();
     if meshes.is_empty() {
         let reasons: Vec<String> =
             skipped.iter().take(5).map(|s| format!("{}: {}", s.image.display(), s.reason)).collect();

@@ -8,10 +8,26 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// A temporary name beside `path`, unique per process and per call, so that threads writing the
+/// same target (batch reconstruction with duplicate stems) never share a temporary file.
 fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = format!(".{name}.tmp-{}", std::process::id());
+    let tmp = format!(".{name}.tmp-{}-{n}", std::process::id());
     path.with_file_name(tmp)
+}
+
+/// Make a rename in `dir` durable (the directory entry itself). Unix only; elsewhere, and on
+/// file systems that refuse to open directories, the rename is atomic but its durability is
+/// the OS's, so a failure here is not an error.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
 
 /// Write `path` atomically with the bytes produced by `fill`.
@@ -34,6 +50,7 @@ where
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")));
         Ok(())
     })();
     if let Err(e) = result {
@@ -66,5 +83,22 @@ mod tests {
         // No temporary file is left behind.
         let n = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_target_leave_one_whole_file() {
+        // Each writer has its own temporary file, so the survivor is one writer's whole output.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("same.bin");
+        std::thread::scope(|s| {
+            for k in 0..8u8 {
+                let p = &p;
+                s.spawn(move || write_atomic_bytes(p, &vec![k; 1 << 16]).unwrap());
+            }
+        });
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes.len(), 1 << 16);
+        assert!(bytes.iter().all(|&b| b == bytes[0]), "mixed writers");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary files left");
     }
 }

@@ -2,29 +2,11 @@
 //! illumination, pose and corrective coefficients, with the offsets and scales that make a zero
 //! output mean "mean face, frontal pose at the default distance, neutral light".
 
+/// Output scales (a config section, hence defined in `config`).
+pub use crate::config::ParamScales;
 use crate::error::{Error, Result};
 use crate::render::sh;
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
-
-/// Scales from raw network outputs to parameters. The raw outputs are O(1); these put them in
-/// physical units so that every output starts with a comparable effect.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ParamScales {
-    /// Radians per unit output (Euler angles).
-    pub rotation: f32,
-    /// Millimetres per unit output for (x, y, z) translation.
-    pub translation: [f32; 3],
-    /// SH coefficient change per unit output.
-    pub light: f32,
-}
-
-impl Default for ParamScales {
-    fn default() -> Self {
-        ParamScales { rotation: 1.0, translation: [10.0, 10.0, 100.0], light: 1.0 }
-    }
-}
 
 /// Sizes and offsets of the parameter vector.
 #[derive(Clone, Debug, PartialEq)]

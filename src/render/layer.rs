@@ -9,15 +9,8 @@ use crate::face_model::FaceModel;
 use crate::face_model::topology::TopologyTensors;
 use candle_core::{D, Device, Tensor};
 
-/// Which implementation computes normals, shading, sampling and the photometric term.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Candle tensor ops with autograd: the test oracle.
-    Reference,
-    /// Our custom ops (rayon on CPU, CUDA kernels with feature `cuda`).
-    Fast,
-}
+/// Which implementation runs (a config choice, hence defined in `config`).
+pub use crate::config::Backend;
 
 /// The inputs of one rendering of a batch.
 pub struct RenderInput<'a> {

@@ -8,8 +8,6 @@ pub const C2: f32 = 1.092_548_4; // sqrt(15) / (2 sqrt(pi))
 pub const C3: f32 = 0.315_391_57; // sqrt(5) / (4 sqrt(pi))
 pub const C4: f32 = 0.546_274_2; // sqrt(15) / (4 sqrt(pi))
 
-/// Number of SH coefficients per channel (B = 3 bands, B^2 = 9).
-pub const NUM_BANDS2: usize = 9;
 /// Number of SH coefficients per image (3 channels).
 pub const NUM_COEFFS: usize = 27;
 

@@ -543,13 +543,7 @@ pub fn generate_with_model(model: &FaceModel, cfg: &SynthConfig, out_dir: impl A
         .map_err(|e| Error::invalid(format!("synth: cannot serialise the settings: {e}")))?;
     crate::io::write_atomic_bytes(out_dir.join("synth.json"), text.as_bytes())?;
 
-    let bar = if cfg.progress {
-        let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        indicatif::ProgressBar::new(cfg.count as u64).with_style(style)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::progress::Progress::new("synth", "images", cfg.count, cfg.progress);
     let visible: Vec<usize> = (0..cfg.count)
         .into_par_iter()
         .map(|i| -> Result<usize> {
@@ -559,7 +553,7 @@ pub fn generate_with_model(model: &FaceModel, cfg: &SynthConfig, out_dir: impl A
             Ok(item.record.landmarks_visible.iter().filter(|&&v| v).count())
         })
         .collect::<Result<_>>()?;
-    bar.finish_and_clear();
+    bar.finish();
     Ok(SynthSummary {
         out_dir: out_dir.to_path_buf(),
         images: cfg.count,
