@@ -92,6 +92,22 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     Ok(Checkpoint { meta, tensors, path: path.to_path_buf() })
 }
 
+/// Check that every variable of `varmap` under `prefixes` came from the checkpoint: a tensor
+/// missing from the file would otherwise keep its fresh initial value without a word.
+pub fn check_complete(ckpt: &Checkpoint, varmap: &VarMap, prefixes: &[&str]) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut missing: Vec<&String> =
+        data.keys().filter(|k| prefixes.iter().any(|p| k.starts_with(p)) && !ckpt.tensors.contains_key(*k)).collect();
+    missing.sort();
+    match missing.as_slice() {
+        [] => Ok(()),
+        m => Err(Error::format(
+            &ckpt.path,
+            format!("missing tensor(s) {}", m.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+        )),
+    }
+}
+
 /// Put the checkpoint's tensors whose names start with one of `prefixes` into `varmap`
 /// (creating or overwriting variables).
 pub fn restore_vars(ckpt: &Checkpoint, varmap: &VarMap, prefixes: &[&str]) -> Result<usize> {
@@ -99,6 +115,10 @@ pub fn restore_vars(ckpt: &Checkpoint, varmap: &VarMap, prefixes: &[&str]) -> Re
     let mut n = 0;
     for (name, t) in &ckpt.tensors {
         if prefixes.iter().any(|p| name.starts_with(p)) {
+            // Every learned tensor is f32; another dtype would fail much later, far from the file.
+            if t.dtype() != candle_core::DType::F32 {
+                return Err(Error::format(&ckpt.path, format!("tensor {name} is {:?}, expected F32", t.dtype())));
+            }
             match data.get(name) {
                 Some(v) => {
                     if v.dims() != t.dims() {

@@ -393,6 +393,16 @@ impl RunArgs {
 
 fn run_training(opts: fml::train::TrainOptions) -> anyhow::Result<()> {
     let r = fml::train::train(&opts)?;
+    if r.last.is_empty() {
+        println!(
+            "{} run {} is already at step {} (train.steps = {}): nothing to train; --steps extends it",
+            opts.stage_name(),
+            r.out.display(),
+            r.step,
+            opts.config.train.steps
+        );
+        return Ok(());
+    }
     let fmt = |v: &[(String, f64)]| v.iter().map(|(k, x)| format!("{k} {x:.5}")).collect::<Vec<_>>().join(", ");
     println!("{} at step {}: {}", opts.stage_name(), r.step, fmt(&r.last));
     if let Some(v) = &r.validation {

@@ -187,7 +187,7 @@ pub struct TrainConfig {
     /// Images per batch. Paper: 5.
     pub batch: usize,
     pub seed: u64,
-    /// Validation every N steps (0 = never) over at most `val_batches` batches.
+    /// Validation every N steps (0 = never) over at most `val_batches` batches (0 = none).
     pub val_every: u64,
     pub val_batches: usize,
     /// Checkpoint every N steps (and at the end).
@@ -196,7 +196,9 @@ pub struct TrainConfig {
     pub device: String,
     /// Renderer implementation.
     pub backend: Backend,
-    /// Learn the correctives (finetuning, Sec. 7) or the base level only (pretraining).
+    /// Whether the run learns the correctives (finetuning, Sec. 7) or the base level only
+    /// (pretraining). The command decides: `fml finetune` records `true` in its run's
+    /// config.toml, `fml train` refuses `true`. `fml bench infer` reads it.
     pub correctives: bool,
     /// Let f32 matrix products on CUDA run in TF32 (`crate::kernel::set_tf32`): faster, at an
     /// accuracy cost not measured for fml. No effect on the CPU. Written into a run's
@@ -384,8 +386,11 @@ impl Config {
     /// Check ranges that serde cannot.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
-        if self.train.batch == 0 {
-            return bad("train.batch must be positive".into());
+        if self.train.batch == 0 || self.train.steps == 0 {
+            return bad(format!(
+                "train.batch and train.steps must be positive (got {} / {})",
+                self.train.batch, self.train.steps
+            ));
         }
         if !((0.0..1.0).contains(&self.optim.rho) && self.optim.eps > 0.0 && self.optim.eps.is_finite()) {
             return bad(format!(

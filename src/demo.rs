@@ -50,6 +50,11 @@ pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64, faces: usize) -> Resu
 
     // Synthetic faces with ground truth.
     let synth_dir = out.join("input");
+    // A previous demo's faces (a complete synth set, marked by its synth.json) are replaced;
+    // anything else there is left alone and synth refuses the folder.
+    if synth_dir.join("synth.json").is_file() {
+        std::fs::remove_dir_all(&synth_dir).map_err(|e| Error::io(&synth_dir, e))?;
+    }
     let cfg = crate::synth::SynthConfig { count: faces, seed, size: 256, progress: false, ..Default::default() };
     crate::synth::generate(&cfg, &synth_dir)?;
 

@@ -4,7 +4,7 @@
 //! indicatif hides its bar when stderr is not a terminal, so without the plain lines a job run
 //! under nohup, CI or a cluster scheduler would print nothing for hours.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -78,7 +78,8 @@ impl Progress {
                 if done / step > *last / step || (done >= self.total && *last < self.total) {
                     *last = done;
                     let failed = if failed > 0 { format!(", {failed} failed") } else { String::new() };
-                    eprintln!("{}: {done}/{} {}{failed}", self.label, self.total, self.unit);
+                    // Not eprintln!: a closed stderr must not stop the work it reports on.
+                    let _ = writeln!(std::io::stderr(), "{}: {done}/{} {}{failed}", self.label, self.total, self.unit);
                 }
             }
         }

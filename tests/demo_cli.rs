@@ -37,6 +37,16 @@ fn demo_runs_with_the_shipped_network() {
     assert!(base_v < 0.9 * mean_v, "the shipped network is no better than the mean face:\n{stdout}");
     assert!(base_p.is_finite() && base_p < 5.0, "{stdout}");
 
+    // A rerun replaces the previous demo's faces instead of leaving stale ones beside new ones.
+    Command::cargo_bin("fml")
+        .unwrap()
+        .env_remove("FML_DEFAULT_MODEL")
+        .args(["demo", "--faces", "2", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(out.join("input/000001.obj").is_file() && !out.join("input/000003.obj").exists());
+
     Command::cargo_bin("fml")
         .unwrap()
         .args(["demo", "--faces", "0", "-o"])

@@ -84,4 +84,14 @@ fn settings_file_and_argument_errors() {
     let rec: serde_json::Value = serde_json::from_slice(&read(Path::new(out), "000001.json")).unwrap();
     assert_eq!(rec["width"], 32);
     assert_eq!(rec["appearance"]["applied"][0], "beard");
+
+    // A second set is not mixed into the first.
+    synth(&["--count", "1", "--size", "32", "--quiet", "-o", out])
+        .failure()
+        .stderr(predicate::str::contains("not empty"));
+    // Progress without a terminal: plain lines on stderr (indicatif alone would print nothing).
+    let fresh = dir.path().join("fresh");
+    synth(&["--count", "2", "--size", "32", "-o", fresh.to_str().unwrap()])
+        .success()
+        .stderr(predicate::str::contains("synth: 2/2 images"));
 }

@@ -160,6 +160,76 @@ fn interrupted_training_resumes_exactly() {
 }
 
 #[test]
+fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut cfg = tiny_config(&data(d));
+    cfg.train.steps = 2;
+    let err = |r: fml::Result<fml::train::TrainReport>| r.err().expect("must fail").to_string();
+
+    // Inputs are checked before the run directory exists.
+    let mut nodata = cfg.clone();
+    nodata.data.dataset = d.join("missing.fmlds");
+    let e = err(run(&nodata, Stage::Pretrain, &d.join("n"), false, None));
+    assert!(e.contains("data.dataset") && e.contains("missing.fmlds"), "{e}");
+    let e = err(run(&cfg, Stage::Pretrain, &d.join("n"), true, None));
+    assert!(e.contains("nothing to resume"), "{e}");
+    assert!(!d.join("n").exists(), "a run that cannot start created its directory");
+
+    // The stage decides whether correctives are learned, and finetuning needs some.
+    let mut corr = cfg.clone();
+    corr.train.correctives = true;
+    assert!(err(run(&corr, Stage::Pretrain, &d.join("n"), false, None)).contains("fml finetune"));
+    let a = d.join("a");
+    run(&cfg, Stage::Pretrain, &a, false, None).unwrap();
+    let mut none = cfg.clone();
+    none.correctives.count = 0;
+    assert!(err(run(&none, Stage::Finetune { from: a.clone() }, &d.join("n"), false, None)).contains("count = 0"));
+    // A pretraining run of a model with other mode counts cannot be grown into this layout.
+    let mut fewer = cfg.clone();
+    fewer.model.shape_modes = Some(5);
+    let e = err(run(&fewer, Stage::Finetune { from: a.clone() }, &d.join("n"), false, None));
+    assert!(e.contains("base-level parameters"), "{e}");
+    assert!(!d.join("n").exists());
+
+    // --resume continues the same run: only its length (and where it runs) may change.
+    let mut other = cfg.clone();
+    other.train.batch = 3;
+    other.optim.lr_encoder *= 0.5;
+    let e = err(run(&other, Stage::Pretrain, &a, true, None));
+    assert!(e.contains("train.batch") && e.contains("optim.lr_encoder") && e.contains("config.toml"), "{e}");
+    let mut longer = cfg.clone();
+    longer.train.steps = 3;
+    assert_eq!(run(&longer, Stage::Pretrain, &a, true, None).unwrap().step, 3);
+    // Nothing left to do: no steps, no error.
+    let r = run(&longer, Stage::Pretrain, &a, true, None).unwrap();
+    assert!(r.last.is_empty() && r.step == 3);
+
+    // A fresh start in a directory whose earlier run stopped before its first checkpoint
+    // replaces that run's log instead of appending to it.
+    let c = d.join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(c.join("log.jsonl"), "{\"step\": 1, \"split\": \"train\", \"loss\": {}}\n").unwrap();
+    run(&cfg, Stage::Pretrain, &c, false, None).unwrap();
+    assert_eq!(train_losses(&c).iter().map(|l| l.0).collect::<Vec<_>>(), [1, 2]);
+
+    // A checkpoint that lacks a tensor is refused, naming the file and the tensor.
+    let ck = fml::checkpoint::load(&a.join(fml::checkpoint::FILE), &Device::Cpu).unwrap();
+    let varmap = VarMap::new();
+    for (name, t) in &ck.tensors {
+        if name != "encoder.head.bias" {
+            varmap.data().lock().unwrap().insert(name.clone(), candle_core::Var::from_tensor(t).unwrap());
+        }
+    }
+    let m = d.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::copy(a.join("config.toml"), m.join("config.toml")).unwrap();
+    fml::checkpoint::save(&m.join(fml::checkpoint::FILE), &varmap, &[], &ck.meta).unwrap();
+    let e = fml::infer::load_run(&m, &Device::Cpu).err().expect("must fail").to_string();
+    assert!(e.contains("encoder.head.bias") && e.contains("checkpoint.safetensors"), "{e}");
+}
+
+#[test]
 fn shipped_configs_load_and_follow_the_paper() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let base = Config::load(root.join("base.toml")).unwrap();

@@ -105,13 +105,32 @@ pub fn extract_box(img: &RgbImage, b: FaceBox, pad: Pad) -> RgbImage {
     RgbImage::from_raw(side as u32, side as u32, out).expect("buffer size matches")
 }
 
-/// Crop, resize and map landmarks. Errors (with `Error::Invalid`) when no landmark is confident
-/// or the box is absurdly larger than the image (which only garbage landmarks produce).
+/// Smallest face box (source pixels) a landmark crop accepts.
+pub const MIN_FACE_BOX: i64 = 8;
+
+/// Crop, resize and map landmarks. Errors (with `Error::Invalid`) when no landmark is confident,
+/// or the box lies off the image, is smaller than [`MIN_FACE_BOX`] or is absurdly larger than the
+/// image (which only garbage landmarks produce).
 pub fn crop_face(img: &RgbImage, lm: &Landmarks68, cfg: &CropConfig) -> Result<FaceCrop> {
     if cfg.size == 0 || !(cfg.margin.is_finite() && cfg.margin > 0.0) {
         return Err(Error::invalid(format!("crop size {} and margin {} must be positive", cfg.size, cfg.margin)));
     }
     let b = face_box(lm, cfg.margin).ok_or_else(|| Error::invalid("no confident landmark to place the face box"))?;
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    // Landmarks off the image or collapsed onto one spot would give a crop of nothing but
+    // padding: a wrong landmark file, not a face.
+    if b.x0 >= w || b.y0 >= h || b.x0 + b.side <= 0 || b.y0 + b.side <= 0 {
+        return Err(Error::invalid(format!(
+            "the landmarks' face box ({}, {}, side {}) lies outside the {w}x{h} image",
+            b.x0, b.y0, b.side
+        )));
+    }
+    if b.side < MIN_FACE_BOX {
+        return Err(Error::invalid(format!(
+            "the landmarks span a face box of {} px (less than {MIN_FACE_BOX}): are they all at one place?",
+            b.side
+        )));
+    }
     let limit = 4 * img.width().max(img.height()) as i64;
     if b.side > limit {
         return Err(Error::invalid(format!(
@@ -175,6 +194,21 @@ mod tests {
         // Entirely outside on the right: edge replication still fills it.
         let far = extract_box(&img, FaceBox { x0: 10, y0: 0, side: 2 }, Pad::Edge);
         assert_eq!(far.get_pixel(1, 1).0, [30, 10, 7]);
+    }
+
+    #[test]
+    fn landmarks_off_the_image_or_on_one_spot_are_errors() {
+        let img = RgbImage::new(100, 80);
+        let cfg = CropConfig::default();
+        let at = |x: f32, y: f32| Landmarks68 { points: [[x, y]; 68], confidence: [1.0; 68] };
+        let mut spread = at(0.0, 0.0);
+        for (i, p) in spread.points.iter_mut().enumerate() {
+            *p = [1e9 + (i % 8) as f32 * 1e7, 1e9 + (i / 8) as f32 * 1e7];
+        }
+        let e = crop_face(&img, &spread, &cfg).unwrap_err().to_string();
+        assert!(e.contains("outside the 100x80 image"), "{e}");
+        let e = crop_face(&img, &at(50.0, 40.0), &cfg).unwrap_err().to_string();
+        assert!(e.contains("one place"), "{e}");
     }
 
     #[test]

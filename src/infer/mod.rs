@@ -87,15 +87,32 @@ pub fn load_run(run: &Path, device: &Device) -> Result<Trained> {
     if !ckpt.exists() {
         return Err(Error::invalid(format!("{}: no checkpoint ({} missing)", run.display(), ckpt.display())));
     }
-    let mut config = Config::load(dir.join("config.toml"))?;
+    // The checkpoint first: a --checkpoint that is some other file is reported as such, not as
+    // a missing config.toml beside it.
+    let ck = checkpoint::load(&ckpt, device)?;
+    let config_path = dir.join("config.toml");
+    if !config_path.exists() {
+        return Err(Error::invalid(format!(
+            "{}: no config.toml beside the checkpoint (a run directory of `fml train` / `fml export` holds both)",
+            ckpt.display()
+        )));
+    }
+    let mut config = Config::load(&config_path)?;
     if config.model.path != "demo" && !Path::new(&config.model.path).exists() {
         let beside = dir.join(&config.model.path);
-        if beside.exists() {
-            config.model.path = beside.to_string_lossy().into_owned();
+        if !beside.exists() {
+            return Err(Error::format(
+                &config_path,
+                format!(
+                    "model.path = {:?} not found (looked in the working directory and in {})",
+                    config.model.path,
+                    dir.display()
+                ),
+            ));
         }
+        config.model.path = beside.to_string_lossy().into_owned();
     }
     let face_model = crate::train::load_face_model(&config.model)?;
-    let ck = checkpoint::load(&ckpt, device)?;
     if ck.meta.num_vertices != face_model.num_vertices() {
         return Err(Error::invalid(format!(
             "{} was trained for a model with {} vertices, but {} has {}",
@@ -112,7 +129,10 @@ pub fn load_run(run: &Path, device: &Device) -> Result<Trained> {
         config.correctives.count = ck.meta.correctives;
     }
     // Inference form: detached weights, so forward passes record no autograd graph.
-    let net = FaceNet::new(&face_model, &config, correctives, Backend::Fast, &varmap, device)?.for_inference();
+    let net = FaceNet::new(&face_model, &config, correctives, Backend::Fast, &varmap, device)
+        .map_err(|e| Error::format(&ckpt, format!("does not fit {}: {e}", config_path.display())))?
+        .for_inference();
+    checkpoint::check_complete(&ck, &varmap, &[encoder::PREFIX, "correctives."])?;
     if net.layout.num_outputs() != ck.meta.num_outputs {
         return Err(Error::invalid(format!(
             "{}: checkpoint has {} outputs, the config's model needs {}",

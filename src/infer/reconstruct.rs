@@ -226,8 +226,8 @@ fn crop_input(
     name: &str,
 ) -> Result<(RgbImage, FaceBox, CropMethod, Option<Landmarks68>)> {
     let (w, h) = img.dimensions();
-    let from_landmarks = |lm: Landmarks68| -> Result<_> {
-        let c = crop_face(img, &lm, cfg).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
+    let from_landmarks = |lm: Landmarks68, origin: &str| -> Result<_> {
+        let c = crop_face(img, &lm, cfg).map_err(|e| Error::invalid(format!("{name}{origin}: {e}")))?;
         Ok((c.image, c.face_box, CropMethod::Landmarks, Some(lm)))
     };
     match spec {
@@ -251,8 +251,10 @@ fn crop_input(
             }
             Ok((crop_box(img, b, cfg), b, CropMethod::Bbox, None))
         }
-        CropSpec::Landmarks(path) => from_landmarks(read_landmark_file(path)?),
-        CropSpec::Points(lm) => from_landmarks((**lm).clone()),
+        CropSpec::Landmarks(path) => {
+            from_landmarks(read_landmark_file(path)?, &format!(" (landmarks {})", path.display()))
+        }
+        CropSpec::Points(lm) => from_landmarks((**lm).clone(), ""),
     }
 }
 

@@ -514,6 +514,16 @@ pub fn generate(cfg: &SynthConfig, out_dir: impl AsRef<Path>) -> Result<SynthSum
 pub fn generate_with_model(model: &FaceModel, cfg: &SynthConfig, out_dir: impl AsRef<Path>) -> Result<SynthSummary> {
     cfg.validate()?;
     let out_dir = out_dir.as_ref();
+    // A set is written whole into a folder of its own: files of an earlier set (or anything
+    // else) left beside it would be packed with it by `fml prepare`.
+    if let Ok(mut entries) = std::fs::read_dir(out_dir)
+        && entries.next().is_some()
+    {
+        return Err(Error::invalid(format!(
+            "{}: not empty; synth writes a complete set into a new or empty folder",
+            out_dir.display()
+        )));
+    }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let world = World::new(model, cfg);
 
@@ -540,8 +550,7 @@ pub fn generate_with_model(model: &FaceModel, cfg: &SynthConfig, out_dir: impl A
         "conventions": "docs/conventions.md: pixel centres at i + 0.5, v_cam = R v + t, camera looks down -z",
     });
     let text = serde_json::to_string_pretty(&settings)
-        .map_err(|e| Error::invalid(format!("synth: cannot serialise the settings: {e}")))?;
-    crate::io::write_atomic_bytes(out_dir.join("synth.json"), text.as_bytes())?;
+        .map_err(|e| Error::format(out_dir.join("synth.json"), format!("cannot serialise the settings: {e}")))?;
 
     let bar = crate::progress::Progress::new("synth", "images", cfg.count, cfg.progress);
     let visible: Vec<usize> = (0..cfg.count)
@@ -554,6 +563,8 @@ pub fn generate_with_model(model: &FaceModel, cfg: &SynthConfig, out_dir: impl A
         })
         .collect::<Result<_>>()?;
     bar.finish();
+    // Last: synth.json marks a complete set (a failed run leaves none).
+    crate::io::write_atomic_bytes(out_dir.join("synth.json"), text.as_bytes())?;
     Ok(SynthSummary {
         out_dir: out_dir.to_path_buf(),
         images: cfg.count,

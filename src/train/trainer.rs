@@ -137,19 +137,18 @@ fn grow_head(t: &Tensor, rows: usize, std: f32, seed: u64) -> Result<Tensor> {
     Ok(Tensor::cat(&[t, &extra], 0)?)
 }
 
-fn open_log(out: &Path, keep_through: Option<u64>) -> Result<std::fs::File> {
+fn open_log(out: &Path, keep_through: u64) -> Result<std::fs::File> {
     let path = out.join("log.jsonl");
-    // On resume, drop lines of steps after the checkpoint: they are about to be redone.
-    if let Some(step) = keep_through
-        && let Ok(text) = std::fs::read_to_string(&path)
-    {
+    // Drop lines of steps after the checkpoint (all of them on a fresh start, e.g. after a run
+    // stopped before its first checkpoint): they are about to be redone.
+    if let Ok(text) = std::fs::read_to_string(&path) {
         let kept: String = text
             .lines()
             .filter(|l| {
                 serde_json::from_str::<serde_json::Value>(l)
                     .ok()
                     .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s <= step)
+                    .is_some_and(|s| s <= keep_through)
             })
             .map(|l| format!("{l}\n"))
             .collect();
@@ -158,13 +157,75 @@ fn open_log(out: &Path, keep_through: Option<u64>) -> Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))
 }
 
+/// Dotted keys whose values differ between two configs (tables compared leaf by leaf).
+fn config_differences(a: &Config, b: &Config) -> Vec<String> {
+    fn walk(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (toml::Value::Table(ta), toml::Value::Table(tb)) => {
+                let keys: std::collections::BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
+                for k in keys {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    match (ta.get(k), tb.get(k)) {
+                        (Some(x), Some(y)) => walk(&key, x, y, out),
+                        _ => out.push(key),
+                    }
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let (Ok(a), Ok(b)) = (toml::Value::try_from(a), toml::Value::try_from(b)) else {
+        return vec!["<config>".into()];
+    };
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    out
+}
+
+/// Settings a resumed run may change without changing what it computes: the length of the
+/// run, where it runs, how often it validates and checkpoints, and where its dataset lies.
+/// (`train.correctives` follows the stage, which the checkpoint fixes; older runs recorded false.)
+const RESUMABLE_CHANGES: [&str; 8] = [
+    "train.steps",
+    "train.correctives",
+    "train.device",
+    "train.tf32",
+    "train.val_every",
+    "train.val_batches",
+    "train.checkpoint_every",
+    "data.dataset",
+];
+
 fn json_terms(terms: &[(String, f64)]) -> serde_json::Value {
     serde_json::Value::Object(terms.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect())
 }
 
+/// Number of base-level outputs (everything but the corrective coefficients) for `cfg`'s model.
+fn base_outputs(face_model: &FaceModel, cfg: &Config) -> Result<usize> {
+    let probe = FaceNet::new(face_model, cfg, false, cfg.train.backend, &VarMap::new(), &Device::Cpu)?;
+    Ok(probe.layout.num_outputs())
+}
+
 /// Run (or resume) a training stage.
 pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
-    let cfg = &opts.config;
+    let correctives = matches!(opts.stage, Stage::Finetune { .. });
+    if !correctives && opts.config.train.correctives {
+        return Err(Error::invalid(
+            "train.correctives = true: `fml train` learns the base level only; learn correctives with \
+             `fml finetune --from RUN`",
+        ));
+    }
+    if correctives && opts.config.correctives.count == 0 {
+        return Err(Error::invalid(
+            "correctives.count = 0: finetuning learns C > 0 corrective coefficients (paper: 500)",
+        ));
+    }
+    // The effective config records the stage: a finetuning run's config.toml says
+    // `correctives = true` (what `fml bench infer` and readers of the run go by).
+    let mut effective = opts.config.clone();
+    effective.train.correctives = correctives;
+    let cfg = &effective;
     cfg.validate()?;
     let device = select_device(&cfg.train.device)?;
     // Set (or reset) on every run: candle's flag is process-wide and outlives a previous run.
@@ -172,13 +233,36 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         eprintln!("{}", crate::kernel::TF32_CPU_NOTE);
     }
     let face_model = load_face_model(&cfg.model)?;
-    let correctives = matches!(opts.stage, Stage::Finetune { .. });
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    // The run directory is created only once every input has been checked (below), so a run
+    // that cannot start leaves nothing behind.
     let ckpt_path = opts.out.join(checkpoint::FILE);
 
     let varmap = VarMap::new();
     let mut resumed: Option<checkpoint::Checkpoint> = None;
     if opts.resume {
+        if !ckpt_path.exists() {
+            return Err(Error::invalid(format!(
+                "nothing to resume in {}: no checkpoint yet (start the run without --resume)",
+                opts.out.display()
+            )));
+        }
+        let ran = opts.out.join("config.toml");
+        if ran.exists() {
+            let before = Config::load(&ran)?;
+            let changed: Vec<String> = config_differences(&before, cfg)
+                .into_iter()
+                .filter(|k| !RESUMABLE_CHANGES.contains(&k.as_str()))
+                .collect();
+            if !changed.is_empty() {
+                return Err(Error::invalid(format!(
+                    "--resume would not continue the same run: {} differ from {} (resume with --config {} \
+                     and --steps to extend it)",
+                    changed.join(", "),
+                    ran.display(),
+                    ran.display()
+                )));
+            }
+        }
         let ck = checkpoint::load(&ckpt_path, &device)?;
         if ck.meta.stage != opts.stage.name() {
             return Err(Error::invalid(format!(
@@ -208,12 +292,25 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                     face_model.num_vertices()
                 )));
             }
+            // The head is grown by appending corrective rows, so the base outputs must be the
+            // same ones: a run with other mode counts would have its expression, reflectance and
+            // pose outputs read as other coefficients.
+            let base = base_outputs(&face_model, cfg)?;
+            let pretrained_base = ck.meta.num_outputs.saturating_sub(2 * ck.meta.correctives);
+            if pretrained_base != base {
+                return Err(Error::invalid(format!(
+                    "{} regresses {} base-level parameters; this config's model needs {} (same face model \
+                     and mode counts as the pretraining run?)",
+                    src.display(),
+                    pretrained_base,
+                    base
+                )));
+            }
             checkpoint::restore_vars(&ck, &varmap, &[encoder::PREFIX])?;
         }
     }
     // Grow a pretrained head to the finetuning layout before the encoder is built over it.
-    let probe = FaceNet::new(&face_model, cfg, false, cfg.train.backend, &VarMap::new(), &Device::Cpu)?;
-    let rows = probe.layout.num_outputs() + if correctives { 2 * cfg.correctives.count } else { 0 };
+    let rows = base_outputs(&face_model, cfg)? + if correctives { 2 * cfg.correctives.count } else { 0 };
     {
         let mut data = varmap.data().lock().expect("varmap lock");
         for name in [format!("{}.head.weight", encoder::PREFIX), format!("{}.head.bias", encoder::PREFIX)] {
@@ -226,6 +323,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         }
     }
     let net = FaceNet::new(&face_model, cfg, correctives, cfg.train.backend, &varmap, &device)?;
+    if let Some(ck) = &resumed {
+        checkpoint::check_complete(ck, &varmap, &[encoder::PREFIX, "correctives."])?;
+    }
     let objective = Objective::new(&net, &cfg.loss, cfg.train.seed)?;
 
     // Parameter groups (Sec. 7): encoder / base level, geometry and reflectance correctives.
@@ -240,7 +340,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             augment: cfg.augment.clone(),
             ..LoaderConfig::default()
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        // Say where the path came from: a relative data.dataset is read from the working directory.
+        Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => Error::invalid(format!(
+            "data.dataset = {}: not found (relative paths are read from the working directory; \
+             --data overrides it)",
+            path.display()
+        )),
+        e => e,
+    })?;
     if loader.image_size() != cfg.encoder.input_size {
         return Err(Error::invalid(format!(
             "{} holds {s}x{s} crops but encoder.input_size is {}",
@@ -249,7 +358,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             s = loader.image_size()
         )));
     }
-    let has_val = !loader.dataset().indices(Some(Split::Val)).is_empty();
+    let has_val = !loader.dataset().indices(Some(Split::Val)).is_empty() && cfg.train.val_batches > 0;
     // Validation needs no gradients: the inference form (detached views of the same weights, so
     // it sees every update) records no graph and frees each activation once it is consumed.
     let val_net = if has_val { Some(net.for_inference()) } else { None };
@@ -261,7 +370,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         position = ck.meta.loader;
     }
     crate::io::write_atomic_bytes(opts.out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let mut log = open_log(&opts.out, resumed.as_ref().map(|c| c.meta.step))?;
+    let mut log = open_log(&opts.out, resumed.as_ref().map_or(0, |c| c.meta.step))?;
     let target = opts.stop_at.map_or(cfg.train.steps, |s| s.min(cfg.train.steps));
 
     let meta_at = |step: u64, loader: Position| Meta {
@@ -329,7 +438,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 bar.set_message(format!("loss {total:.4} lmk {px:.2}px {ips:.1} img/s"));
             }
             None if opts.progress && (step % plain_every == 0 || step == target) => {
-                eprintln!("step {step}/{target} loss {total:.5} landmarks {px:.2} px {ips:.1} img/s");
+                // Not eprintln!: a closed stderr (`fml train ... 2>&1 | head`) must not kill a run.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "step {step}/{target} loss {total:.5} landmarks {px:.2} px {ips:.1} img/s"
+                );
             }
             None => {}
         }
@@ -372,7 +485,7 @@ pub fn validate(
     let loader = Loader::new(train_loader.dataset().path(), cfg)?;
     let mut sums: Vec<(String, f64)> = Vec::new();
     let mut count = 0usize;
-    for batch in loader.iter_epoch(0).take(max_batches.max(1)) {
+    for batch in loader.iter_epoch(0).take(max_batches) {
         let batch = batch?;
         let b = batch.len();
         let tb = TrainBatch::from_host(batch.images, batch.landmarks, batch.confidence, b, batch.size, device)?;
