@@ -72,7 +72,7 @@ impl ScratchDir {
     fn new(what: &str) -> Result<Self> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let p = std::env::temp_dir().join(format!("fml-bench-{what}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        crate::io::create_dir(&p)?;
         Ok(ScratchDir(p))
     }
 }

@@ -11,11 +11,26 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--land-map`, for the commands that read landmark files (prepare, reconstruct, eval).
+#[derive(Args, Debug, Default)]
+pub struct LandMapArg {
     /// Point order of .land files that are neither 68 (iBUG) nor 66 (tracker) points, e.g.
-    /// FaceWarehouse's 74: a text file with the scheme's point count, then one line per iBUG
-    /// point holding its 0-based index in the file or "-" (format: `fml::data::LandMap`).
-    #[arg(long, global = true, value_name = "FILE")]
+    /// FaceWarehouse's 74. A text file: the scheme's point count on the first line, then 68
+    /// lines, one per iBUG-68 point in iBUG order, each holding that point's 0-based index in
+    /// the .land file, or "-" when the scheme lacks it (confidence 0); "#" starts a comment.
+    #[arg(long, value_name = "FILE")]
     pub land_map: Option<PathBuf>,
+}
+
+impl LandMapArg {
+    fn apply(&self) -> anyhow::Result<()> {
+        if let Some(p) = &self.land_map {
+            fml::data::landmarks::set_land_map(Some(fml::data::LandMap::read(p)?));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +97,8 @@ pub struct EvalArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub land_map: LandMapArg,
 }
 
 /// What `fml bench` measures.
@@ -217,6 +234,8 @@ pub struct ReconstructArgs {
     /// No progress output.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub land_map: LandMapArg,
 }
 
 fn parse_bbox(s: &str) -> Result<[f32; 4], String> {
@@ -552,6 +571,8 @@ pub struct PrepareArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub land_map: LandMapArg,
 }
 
 #[derive(Subcommand, Debug)]
@@ -713,9 +734,6 @@ impl Truncate {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(p) = &cli.land_map {
-        fml::data::landmarks::set_land_map(Some(fml::data::LandMap::read(p)?));
-    }
     match cli.command {
         Command::Demo(a) => run_demo(a),
         Command::Model(cmd) => run_model(cmd),
@@ -744,9 +762,20 @@ fn apply_tf32(device: &candle_core::Device, requested: bool) -> bool {
 }
 
 fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
+    a.land_map.apply()?;
     use fml::infer::{Extra, OverlayConfig, ReconstructOptions, Reconstructor};
     let req = a.request();
     let plan = fml::infer::batch::plan(&req)?;
+    // Without landmarks or a box the whole image is taken as the face crop: right for ready
+    // crops, wrong for a photograph, so say so (--whole asks for it and silences this).
+    let whole = plan.items.iter().filter(|i| i.input.crop == fml::infer::reconstruct::CropSpec::Whole).count();
+    if whole > 0 && !a.whole && !a.quiet {
+        eprintln!(
+            "note: {whole} of {} images have no landmark file (x.pts / x.land) and no --bbox: each is used whole \
+             as the face crop (--whole to say that is intended)",
+            plan.items.len()
+        );
+    }
     let device = fml::train::select_device(&a.device)?;
     apply_tf32(&device, a.tf32);
     let trained = fml::infer::load_run(&fml::infer::resolve_run(a.checkpoint.as_deref())?, &device)?;
@@ -795,6 +824,7 @@ fn run_synth(args: SynthArgs) -> anyhow::Result<()> {
 }
 
 fn run_prepare(a: PrepareArgs) -> anyhow::Result<()> {
+    a.land_map.apply()?;
     use fml::data::crop::CropConfig;
     let cfg = fml::data::PrepareConfig {
         crop: CropConfig { size: a.size, margin: a.margin, pad: a.pad, ..CropConfig::default() },
@@ -847,6 +877,7 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
 }
 
 fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
+    a.land_map.apply()?;
     use fml::infer::eval::{EvalConfig, evaluate_facewarehouse};
     let device = fml::train::select_device(&a.device)?;
     apply_tf32(&device, a.tf32);
@@ -870,6 +901,14 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         cfg.radius_mm
     );
     print!("{}", report.table());
+    // Which files were skipped and why (all of them are in --json too).
+    const SHOWN: usize = 20;
+    for s in report.skipped.iter().take(SHOWN) {
+        eprintln!("skipped {}: {}", s.image.display(), s.reason);
+    }
+    if report.skipped.len() > SHOWN {
+        eprintln!("... and {} more skipped (see --json)", report.skipped.len() - SHOWN);
+    }
     if let Some(path) = &a.json {
         report.save_json(path)?;
         println!("wrote {}", path.display());

@@ -44,7 +44,7 @@ pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64, faces: usize) -> Resu
         return Err(Error::invalid("the demo needs at least one face"));
     }
     let model = crate::face_model::demo::demo_model();
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::io::create_dir(out)?;
     let model_path = out.join("demo_model.safetensors");
     model.save(&model_path)?;
 

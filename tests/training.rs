@@ -284,6 +284,8 @@ fn a_non_finite_loss_stops_training_and_keeps_the_checkpoint() {
     // An absurd learning rate drives the weights to infinity within a few steps.
     cfg.train.steps = 200;
     cfg.optim.lr_encoder = 1e30;
+    // --resume refuses a changed learning rate unless the run's own config says so.
+    std::fs::write(out.join("config.toml"), cfg.to_toml()).unwrap();
     let err = run(&cfg, Stage::Pretrain, &out, true, None).unwrap_err();
     assert!(matches!(err, fml::Error::NonFinite(_)), "{err}");
     assert!(err.to_string().contains("step"), "{err}");

@@ -132,7 +132,7 @@ fn check_count(n: usize, path: &Path, line: usize) -> Result<()> {
             path,
             format!(
                 "line {line}: {n} landmarks: expected 68 (iBUG) or 66 (tracker scheme); for another scheme \
-                 (e.g. FaceWarehouse's 74 points) give its order with --land-map FILE (see `fml prepare --help`)"
+                 (e.g. FaceWarehouse's 74 points) give its order with --land-map FILE (its format: `fml prepare --help`)"
             ),
         )),
     }

@@ -152,9 +152,14 @@ impl CustomOp1 for Unfold {
     }
 }
 
-/// col2im of a column-matrix gradient back to `[C, B, H, W]`.
+/// col2im of a column-matrix gradient back to `[C, B, H, W]`: every input pixel sums the column
+/// entries it was copied to by [`unfold`].
+///
+/// # Shapes
+/// - `grad`: `[C k k, B Ho Wo]` (f32, contiguous; [`ConvParams::cols_shape`])
+/// - returns: `[C, B, H, W]` (the geometry in `p`)
 pub fn fold(grad: &Tensor, p: &ConvParams) -> candle_core::Result<Tensor> {
-    let shape = (p.channels as usize, p.batch as usize, p.height as usize, p.width as usize);
+    let shape = (p.channels as usize, p.batch as usize, p.height as usize, p.width as usize); // [C, B, H, W]
     #[cfg(feature = "cuda")]
     if grad.device().is_cuda() {
         return super::cuda::fold(p, grad, shape);
@@ -171,11 +176,16 @@ pub fn unfold(x: &Tensor, kernel: usize, stride: usize, pad: usize) -> candle_co
         candle_core::bail!("unfold: expected f32, got {:?}", x.dtype());
     }
     let p = ConvParams::new(x.dims4()?, kernel, stride, pad)?;
-    Ok((x.contiguous()?.apply_op1(Unfold { p })?, p))
+    Ok((x.contiguous()?.apply_op1(Unfold { p })?, p)) // [C k k, B Ho Wo]
 }
 
 /// A convolution of channel-major activations: `[C, B, H, W]` -> `[O, B, Ho, Wo]`, with weights
 /// `[O, C, k, k]` and bias `[O]` (candle-nn's conv layout, so checkpoints are interchangeable).
+///
+/// # Shapes
+/// - `x`: `[C, B, H, W]` (f32)
+/// - `weight`: `[O, C, k, k]`; `bias`: `[O]`
+/// - returns: `[O, B, Ho, Wo]`, `Ho = (H + 2 pad - k) / stride + 1` (likewise `Wo`)
 pub fn conv2d_cbhw(
     x: &Tensor,
     weight: &Tensor,
@@ -184,10 +194,10 @@ pub fn conv2d_cbhw(
     pad: usize,
 ) -> candle_core::Result<Tensor> {
     let (o, c, k, _) = weight.dims4()?;
-    let (cols, p) = unfold(x, k, stride, pad)?;
-    let y = weight.reshape((o, c * k * k))?.matmul(&cols)?; // [O, B Ho Wo]
-    let y = y.broadcast_add(&bias.reshape((o, 1))?)?;
-    y.reshape((o, p.batch as usize, p.out_h as usize, p.out_w as usize))
+    let (cols, p) = unfold(x, k, stride, pad)?; // [C k k, B Ho Wo]
+    let y = weight.reshape((o, c * k * k))?.matmul(&cols)?; // [O, C k k] x [C k k, B Ho Wo] -> [O, B Ho Wo]
+    let y = y.broadcast_add(&bias.reshape((o, 1))?)?; // + [O, 1] -> [O, B Ho Wo]
+    y.reshape((o, p.batch as usize, p.out_h as usize, p.out_w as usize)) // [O, B, Ho, Wo]
 }
 
 #[cfg(test)]

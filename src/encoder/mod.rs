@@ -183,16 +183,18 @@ impl Encoder {
         }
         // Centre the input around 0 (the crops are in [0, 1]); convolutions run channel-major
         // ([C, B, H, W], see im2col.rs).
-        let mut x = images.affine(2.0, -1.0)?.permute((1, 0, 2, 3))?.contiguous()?;
+        let mut x = images.affine(2.0, -1.0)?.permute((1, 0, 2, 3))?.contiguous()?; // [3, B, S, S]
         for l in &self.convs {
-            x = im2col::conv2d_cbhw(&x, &l.weight, &l.bias, l.stride, l.pad)?.relu()?;
+            x = im2col::conv2d_cbhw(&x, &l.weight, &l.bias, l.stride, l.pad)?.relu()?; // [O, B, Ho, Wo]
             if l.pool {
-                x = max_pool_3x3_s2(&x)?;
+                x = max_pool_3x3_s2(&x)?; // [O, B, (Ho - 1) / 2, (Wo - 1) / 2]
             }
         }
+        // [C, B, H, W] -> [B, C, H, W] -> [B, C*H*W] (C, H = W the last conv's channels and size:
+        // `EncoderConfig::feature_size`), in candle-nn's NCHW flattening order.
         let mut x = x.permute((1, 0, 2, 3))?.contiguous()?.flatten_from(1)?;
         for fc in &self.fcs {
-            x = fc.forward(&x)?.relu()?;
+            x = fc.forward(&x)?.relu()?; // [B, width of this fc]
         }
         Ok(x)
     }
@@ -224,26 +226,32 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `[.., H, W]` -> `[.., (H - 1) / 2, (W - 1) / 2]`.
 pub fn max_pool_3x3_s2_tensor_ops(x: &Tensor) -> Result<Tensor> {
-    let x = pool_axis(x, 3)?;
-    pool_axis(&x, 2)
+    let x = pool_axis(x, 3)?; // [.., H, (W - 1) / 2]
+    pool_axis(&x, 2) // [.., (H - 1) / 2, (W - 1) / 2]
 }
 
+/// One 3-wide, stride-2 max-pooling along axis `d`.
+///
+/// # Shapes
+/// `[.., n, ..]` (n at axis `d`) -> `[.., (n - 1) / 2, ..]`.
 fn pool_axis(x: &Tensor, d: usize) -> Result<Tensor> {
     let n = x.dim(d)?;
     if n < 3 {
         return Err(Error::invalid(format!("3x3/2 max-pooling needs at least 3 samples along an axis, got {n}")));
     }
     let m = (n - 1) / 2;
-    // Pairs (x[2i], x[2i+1]) and the following even samples x[2i+2]; padding by one replicated
-    // sample keeps the second slice in range for odd n (it is never selected past the end).
-    let xp = x.pad_with_same(d, 0, 1)?;
+    // Shapes below for axis d of length n (others unchanged, written `..`), e.g. d = 3 of
+    // [C, B, H, W]. Pairs (x[2i], x[2i+1]) and the following even samples x[2i+2]; padding by
+    // one replicated sample keeps the second slice in range for odd n (it is never selected past
+    // the end).
+    let xp = x.pad_with_same(d, 0, 1)?; // [.., n + 1, ..]
     let mut pair_shape = x.dims().to_vec();
     pair_shape[d] = m;
-    pair_shape.insert(d + 1, 2);
-    let pairs = xp.narrow(d, 0, 2 * m)?.reshape(pair_shape.clone())?;
-    let next = xp.narrow(d, 2, 2 * m)?.reshape(pair_shape)?.narrow(d + 1, 0, 1)?;
-    let best = pairs.narrow(d + 1, 0, 1)?.maximum(&pairs.narrow(d + 1, 1, 1)?)?.maximum(&next)?;
-    Ok(best.squeeze(d + 1)?)
+    pair_shape.insert(d + 1, 2); // [.., m, 2, ..]
+    let pairs = xp.narrow(d, 0, 2 * m)?.reshape(pair_shape.clone())?; // [.., 2m, ..] -> [.., m, 2, ..]
+    let next = xp.narrow(d, 2, 2 * m)?.reshape(pair_shape)?.narrow(d + 1, 0, 1)?; // [.., m, 1, ..]
+    let best = pairs.narrow(d + 1, 0, 1)?.maximum(&pairs.narrow(d + 1, 1, 1)?)?.maximum(&next)?; // [.., m, 1, ..]
+    Ok(best.squeeze(d + 1)?) // [.., m, ..]
 }
 
 #[cfg(test)]

@@ -67,12 +67,12 @@ impl BaseLevel {
         let b = z_shape.dim(0)?;
         let mut g = self.mean_shape.broadcast_as((b, self.num_vertices * 3))?.contiguous()?; // [B, 3N]
         if self.shape_basis.dim(0)? > 0 {
-            g = (g + z_shape.matmul(&self.shape_basis)?)?;
+            g = (g + z_shape.matmul(&self.shape_basis)?)?; // [B, K_s] x [K_s, 3N] -> [B, 3N]
         }
         if self.expr_basis.dim(0)? > 0 {
-            g = (g + z_expr.matmul(&self.expr_basis)?)?;
+            g = (g + z_expr.matmul(&self.expr_basis)?)?; // [B, K_e] x [K_e, 3N] -> [B, 3N]
         }
-        Ok(g.reshape((b, self.num_vertices, 3))?)
+        Ok(g.reshape((b, self.num_vertices, 3))?) // [B, N, 3]
     }
 
     /// Base reflectance r^b (eq. 4).
@@ -81,11 +81,11 @@ impl BaseLevel {
     /// `z_albedo`: `[B, K_r]` -> `[B, N, 3]`.
     pub fn reflectance(&self, z_albedo: &Tensor) -> Result<Tensor> {
         let b = z_albedo.dim(0)?;
-        let mut r = self.mean_albedo.broadcast_as((b, self.num_vertices * 3))?.contiguous()?;
+        let mut r = self.mean_albedo.broadcast_as((b, self.num_vertices * 3))?.contiguous()?; // [B, 3N]
         if self.albedo_basis.dim(0)? > 0 {
-            r = (r + z_albedo.matmul(&self.albedo_basis)?)?;
+            r = (r + z_albedo.matmul(&self.albedo_basis)?)?; // [B, K_r] x [K_r, 3N] -> [B, 3N]
         }
-        Ok(r.reshape((b, self.num_vertices, 3))?)
+        Ok(r.reshape((b, self.num_vertices, 3))?) // [B, N, 3]
     }
 }
 
@@ -107,9 +107,14 @@ pub struct Correctives {
 
 impl Correctives {
     /// Create (or fetch, when already present, e.g. loaded from a checkpoint) the corrective bases
-    /// in `varmap`. New bases start as small Gaussian noise (seeded): with the encoder's zero-
-    /// initialised heads the correction is exactly zero at the start, yet both the coefficients
-    /// and the bases receive gradients (a zero basis and zero coefficients would never move).
+    /// in `varmap`. New bases are N(0, init_std^2) (seeded); the default `init_std` is [0, 0]
+    /// (`CorrectiveConfig`), so they start at zero and the correction is exactly zero at the start
+    /// of finetuning. The encoder's corrective-coefficient outputs start small and random instead
+    /// (`CorrectiveConfig::head_std`, default 0.01), so both the coefficients and the bases
+    /// receive gradients (a zero basis and zero coefficients would never move).
+    ///
+    /// # Shapes
+    /// Creates or checks `geometry` and `reflectance`: `[C, 3N]` each (`C = c`, `N = num_vertices`).
     pub fn in_varmap(
         varmap: &VarMap,
         c: usize,
@@ -132,7 +137,7 @@ impl Correctives {
                 return Ok(v.clone());
             }
             let init: Vec<f32> = (0..c * n3).map(|_| rng.normal() as f32 * std).collect();
-            let var = Var::from_tensor(&Tensor::from_vec(init, (c, n3), device)?)?;
+            let var = Var::from_tensor(&Tensor::from_vec(init, (c, n3), device)?)?; // [C, 3N]
             data.insert(name.to_string(), var.clone());
             Ok(var)
         };
@@ -153,7 +158,7 @@ impl Correctives {
         !self.detached
     }
 
-    /// `[C, 3N]` bases as evaluated (detached views for inference).
+    /// `[C, 3N]` bases as evaluated (detached views for inference): (geometry, reflectance).
     fn bases(&self) -> (Tensor, Tensor) {
         let (g, r) = (self.geometry.as_tensor(), self.reflectance.as_tensor());
         if self.detached { (g.detach(), r.detach()) } else { (g.clone(), r.clone()) }
@@ -165,9 +170,9 @@ impl Correctives {
     /// `coeffs`: `[B, C]` -> `[B, N, 3]`.
     pub fn geometry_offset(&self, coeffs: &Tensor) -> Result<Tensor> {
         let b = coeffs.dim(0)?;
-        let f = coeffs.matmul(&self.bases().0)?;
+        let f = coeffs.matmul(&self.bases().0)?; // [B, C] x [C, 3N] -> [B, 3N]
         let f = if self.scale.0 == 1.0 { f } else { (f * self.scale.0 as f64)? };
-        Ok(f.reshape((b, self.num_vertices, 3))?)
+        Ok(f.reshape((b, self.num_vertices, 3))?) // [B, N, 3]
     }
 
     /// Reflectance correction F_r (eq. 2).
@@ -176,9 +181,9 @@ impl Correctives {
     /// `coeffs`: `[B, C]` -> `[B, N, 3]`.
     pub fn reflectance_offset(&self, coeffs: &Tensor) -> Result<Tensor> {
         let b = coeffs.dim(0)?;
-        let f = coeffs.matmul(&self.bases().1)?;
+        let f = coeffs.matmul(&self.bases().1)?; // [B, C] x [C, 3N] -> [B, 3N]
         let f = if self.scale.1 == 1.0 { f } else { (f * self.scale.1 as f64)? };
-        Ok(f.reshape((b, self.num_vertices, 3))?)
+        Ok(f.reshape((b, self.num_vertices, 3))?) // [B, N, 3]
     }
 }
 
@@ -195,6 +200,10 @@ pub struct Levels {
 
 impl Levels {
     /// Final geometry v^f = v^b + F_g (eq. 1).
+    ///
+    /// # Shapes
+    /// - `base_geometry`, `geometry_offset`: `[B, N, 3]`
+    /// - returns: `[B, N, 3]` (the base geometry itself without correctives)
     pub fn final_geometry(&self) -> Result<Tensor> {
         Ok(match &self.geometry_offset {
             Some(o) => (&self.base_geometry + o)?,
@@ -202,6 +211,10 @@ impl Levels {
         })
     }
     /// Final reflectance r^f = r^b + F_r (eq. 2).
+    ///
+    /// # Shapes
+    /// - `base_reflectance`, `reflectance_offset`: `[B, N, 3]`
+    /// - returns: `[B, N, 3]` (the base reflectance itself without correctives)
     pub fn final_reflectance(&self) -> Result<Tensor> {
         Ok(match &self.reflectance_offset {
             Some(o) => (&self.base_reflectance + o)?,
@@ -221,7 +234,8 @@ impl MultiLevelModel {
     /// Evaluate both levels.
     ///
     /// # Shapes
-    /// `z_shape [B, K_s]`, `z_expr [B, K_e]`, `z_albedo [B, K_r]`, `corr [B, C]` each.
+    /// `z_shape [B, K_s]`, `z_expr [B, K_e]`, `z_albedo [B, K_r]`, `corr [B, C]` each ->
+    /// [`Levels`] of `[B, N, 3]` tensors.
     pub fn evaluate(
         &self,
         z_shape: &Tensor,
@@ -241,6 +255,9 @@ impl MultiLevelModel {
 }
 
 /// Convenience: a `[B, K]` zero tensor.
+///
+/// # Shapes
+/// - returns: `[b, k]` f32 zeros (e.g. coefficients of the mean face)
 pub fn zeros(b: usize, k: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::zeros((b, k), DType::F32, device)?)
 }

@@ -93,13 +93,17 @@ pub struct TopologyTensors {
 }
 
 impl TopologyTensors {
+    /// Upload `triangles` (F of them, over `num_vertices` vertices) to `device`.
+    ///
+    /// # Shapes
+    /// - returns: `corners` `[F]` u32 each, `scatter` `[3F]` u32
     pub fn new(num_vertices: usize, triangles: &[[u32; 3]], device: &Device) -> candle_core::Result<Self> {
         let col = |k: usize| -> candle_core::Result<Tensor> {
             let v: Vec<u32> = triangles.iter().map(|t| t[k]).collect();
-            Tensor::from_vec(v, triangles.len(), device)
+            Tensor::from_vec(v, triangles.len(), device) // [F]
         };
-        let corners = [col(0)?, col(1)?, col(2)?];
-        let scatter = Tensor::cat(&corners, 0)?;
+        let corners = [col(0)?, col(1)?, col(2)?]; // [F] each
+        let scatter = Tensor::cat(&corners, 0)?; // [3F]: all first corners, then second, then third
         Ok(TopologyTensors { corners, scatter, num_vertices })
     }
 }
@@ -110,13 +114,13 @@ impl TopologyTensors {
 /// `vertices`: `[B, N, 3]` -> `[B, N, 3]`.
 pub fn vertex_normals_tensor(vertices: &Tensor, topo: &TopologyTensors) -> candle_core::Result<Tensor> {
     let a = vertices.index_select(&topo.corners[0], 1)?; // [B, F, 3]
-    let b = vertices.index_select(&topo.corners[1], 1)?;
-    let c = vertices.index_select(&topo.corners[2], 1)?;
-    let fnorm = cross_tensor(&(b - &a)?, &(c - &a)?)?; // [B, F, 3]
+    let b = vertices.index_select(&topo.corners[1], 1)?; // [B, F, 3]
+    let c = vertices.index_select(&topo.corners[2], 1)?; // [B, F, 3]
+    let fnorm = cross_tensor(&(b - &a)?, &(c - &a)?)?; // [B, F, 3], length = twice the area
     let per_corner = Tensor::cat(&[&fnorm, &fnorm, &fnorm], 1)?; // [B, 3F, 3]
     let acc = vertices.zeros_like()?.index_add(&topo.scatter, &per_corner, 1)?; // [B, N, 3]
     let len = (acc.sqr()?.sum_keepdim(2)? + 1e-20)?.sqrt()?; // [B, N, 1]
-    acc.broadcast_div(&len)
+    acc.broadcast_div(&len) // [B, N, 3] / [B, N, 1] -> [B, N, 3]
 }
 
 /// Cross product along the last dimension.
@@ -125,12 +129,12 @@ pub fn vertex_normals_tensor(vertices: &Tensor, topo: &TopologyTensors) -> candl
 /// `[..., 3] x [..., 3] -> [..., 3]`.
 pub fn cross_tensor(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let d = a.rank() - 1;
-    let (a0, a1, a2) = (a.narrow(d, 0, 1)?, a.narrow(d, 1, 1)?, a.narrow(d, 2, 1)?);
-    let (b0, b1, b2) = (b.narrow(d, 0, 1)?, b.narrow(d, 1, 1)?, b.narrow(d, 2, 1)?);
-    let x = ((&a1 * &b2)? - (&a2 * &b1)?)?;
-    let y = ((&a2 * &b0)? - (&a0 * &b2)?)?;
-    let z = ((&a0 * &b1)? - (&a1 * &b0)?)?;
-    Tensor::cat(&[x, y, z], d)
+    let (a0, a1, a2) = (a.narrow(d, 0, 1)?, a.narrow(d, 1, 1)?, a.narrow(d, 2, 1)?); // [..., 1] each
+    let (b0, b1, b2) = (b.narrow(d, 0, 1)?, b.narrow(d, 1, 1)?, b.narrow(d, 2, 1)?); // [..., 1] each
+    let x = ((&a1 * &b2)? - (&a2 * &b1)?)?; // [..., 1]
+    let y = ((&a2 * &b0)? - (&a0 * &b2)?)?; // [..., 1]
+    let z = ((&a0 * &b1)? - (&a1 * &b0)?)?; // [..., 1]
+    Tensor::cat(&[x, y, z], d) // [..., 3]
 }
 
 #[cfg(test)]

@@ -119,7 +119,12 @@ impl fmt::Display for Report {
         if !self.failures.is_empty() {
             write!(f, "; {} failed:", self.failures.len())?;
             for x in &self.failures {
-                write!(f, "\n  {}: {}", x.input, x.error)?;
+                // Most errors already start with the file they are about.
+                if x.error.starts_with(&x.input) {
+                    write!(f, "\n  {}", x.error)?;
+                } else {
+                    write!(f, "\n  {}: {}", x.input, x.error)?;
+                }
             }
         }
         Ok(())

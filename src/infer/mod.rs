@@ -165,7 +165,7 @@ pub fn export(run: &Path, out: &Path) -> Result<PathBuf> {
     let ck = checkpoint::load(&ckpt_path, &Device::Cpu)?;
     let varmap = VarMap::new();
     checkpoint::restore_vars(&ck, &varmap, &[encoder::PREFIX, "correctives."])?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::io::create_dir(out)?;
     let mut config = t.config.clone();
     if config.model.path != "demo" {
         let src = PathBuf::from(&config.model.path);

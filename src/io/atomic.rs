@@ -30,6 +30,19 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
+/// Create the folder `dir` and its parents. When a path component is an existing file the error
+/// says so, instead of the OS's "File exists" / "Not a directory".
+pub fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| match dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.is_file()) {
+        Some(file) => Error::invalid(format!(
+            "cannot create the folder {}: {} is a file, not a folder",
+            dir.display(),
+            file.display()
+        )),
+        None => Error::io(dir, e),
+    })
+}
+
 /// Write `path` atomically with the bytes produced by `fill`.
 ///
 /// The parent directory is created if missing. On any error the temporary file is removed and
@@ -40,7 +53,7 @@ where
 {
     let path = path.as_ref();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        create_dir(parent)?;
     }
     let tmp = temp_path(path);
     let result = (|| -> std::io::Result<()> {
@@ -83,6 +96,16 @@ mod tests {
         // No temporary file is left behind.
         let n = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_file_in_the_way_of_a_folder_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "x").unwrap();
+        let e = write_atomic_bytes(file.join("sub/out.obj"), b"v").unwrap_err().to_string();
+        assert!(e.contains("config.toml is a file, not a folder"), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
     }
 
     #[test]

@@ -3,4 +3,4 @@
 pub mod atomic;
 pub mod mesh;
 
-pub use atomic::{write_atomic, write_atomic_bytes};
+pub use atomic::{create_dir, write_atomic, write_atomic_bytes};

@@ -28,12 +28,21 @@ pub struct TrainBatch {
 
 impl TrainBatch {
     /// Build from NCHW images and landmarks.
+    ///
+    /// # Shapes
+    /// - `images`: `[B, 3, S, S]` in [0, 1]
+    /// - `landmarks`: `[B, 68, 2]` crop pixels; `confidence`: `[B, 68]`
+    /// - the batch also holds `images_hwc`: `[B, S, S, 3]`
     pub fn new(images: Tensor, landmarks: Tensor, confidence: Tensor) -> Result<Self> {
-        let images_hwc = images.permute((0, 2, 3, 1))?.contiguous()?;
+        let images_hwc = images.permute((0, 2, 3, 1))?.contiguous()?; // [B, 3, S, S] -> [B, S, S, 3]
         Ok(TrainBatch { images, images_hwc, landmarks, confidence })
     }
 
     /// Build from the flat host arrays of a loaded batch.
+    ///
+    /// # Shapes
+    /// - `images`: `B * 3 * size * size` values, read as `[B, 3, S, S]` (S = `size`)
+    /// - `landmarks`: `B * 68 * 2` values, `[B, 68, 2]`; `confidence`: `B * 68` values, `[B, 68]`
     pub fn from_host(
         images: Vec<f32>,
         landmarks: Vec<f32>,

@@ -61,6 +61,7 @@ impl Edges {
 /// (fixed once per run, seeded).
 #[derive(Clone, Debug)]
 pub struct SkinPairs {
+    /// `[P]` u32 pair ends (i in M, j in G_i), P = |M| * partners.
     pub a: Tensor,
     pub b: Tensor,
     pub mask_size: usize,
@@ -117,15 +118,24 @@ pub fn smoothness(offset: &Tensor, edges: &Edges) -> Result<Tensor> {
 }
 
 /// [`smoothness`] with tensor ops (other devices; the tests' oracle).
+///
+/// # Shapes
+/// - `offset`: `[B, N, 3]` (the geometry corrective F_g)
+/// - returns: `[B]`
 pub fn smoothness_tensor_ops(offset: &Tensor, edges: &Edges) -> Result<Tensor> {
-    let d2 = edges.diff(offset)?.sqr()?.sum(D::Minus1)?; // [B, E]
+    let d2 = edges.diff(offset)?.sqr()?.sum(D::Minus1)?; // [B, E, 3] -> [B, E]
+    // [B, E] * [1, E] -> sum over edges -> [B]
     Ok((d2.broadcast_mul(&edges.inv_degree.unsqueeze(0)?)?.sum(1)? / edges.num_vertices as f64)?)
 }
 
 /// E_sta (eq. 15): `(1/N) sum_i ||F_i||^2`, per image.
+///
+/// # Shapes
+/// - `offset`: `[B, N, 3]` (the geometry corrective F_g)
+/// - returns: `[B]`
 pub fn stabilisation(offset: &Tensor) -> Result<Tensor> {
     let n = offset.dim(1)?;
-    Ok((offset.sqr()?.sum(D::Minus1)?.sum(1)? / n as f64)?)
+    Ok((offset.sqr()?.sum(D::Minus1)?.sum(1)? / n as f64)?) // [B, N, 3] -> [B, N] -> [B]
 }
 
 /// Constant weights `w_ij = exp(-beta ||chroma(I(u_i)) - chroma(I(u_j))||)` of eq. 13, from
@@ -143,13 +153,17 @@ pub fn chroma_weights(sampled: &Tensor, visible: &Tensor, edges: &Edges, beta: f
 }
 
 /// [`chroma_weights`] with tensor ops (other devices; the tests' oracle).
+///
+/// # Shapes
+/// - `sampled`: `[B, N, 3]`; `visible`: `[B, N]`
+/// - returns: `[B, E]` (not differentiated)
 pub fn chroma_weights_tensor_ops(sampled: &Tensor, visible: &Tensor, edges: &Edges, beta: f32) -> Result<Tensor> {
-    let s = sampled.detach();
-    let chroma = s.broadcast_div(&(s.sum_keepdim(D::Minus1)? + 1e-6)?)?;
-    let dist = (edges.diff(&chroma)?.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt()?; // [B, E]
-    let v = visible.detach();
-    let both = (v.index_select(&edges.src, 1)? * v.index_select(&edges.dst, 1)?)?;
-    Ok(((dist * -(beta as f64))?.exp()? * both)?)
+    let s = sampled.detach(); // [B, N, 3]
+    let chroma = s.broadcast_div(&(s.sum_keepdim(D::Minus1)? + 1e-6)?)?; // [B, N, 3] / [B, N, 1] -> [B, N, 3]
+    let dist = (edges.diff(&chroma)?.sqr()?.sum(D::Minus1)? + 1e-12)?.sqrt()?; // [B, E, 3] -> [B, E]
+    let v = visible.detach(); // [B, N]
+    let both = (v.index_select(&edges.src, 1)? * v.index_select(&edges.dst, 1)?)?; // [B, E]
+    Ok(((dist * -(beta as f64))?.exp()? * both)?) // [B, E]
 }
 
 /// E_ref (eq. 13): `(1/N) sum_i sum_j w_ij ||r_i - r_j||_2^p`, per image. The norm is smoothed,
@@ -165,15 +179,19 @@ pub fn reflectance_sparsity(reflectance: &Tensor, weights: &Tensor, edges: &Edge
 }
 
 /// [`reflectance_sparsity`] with tensor ops (other devices; the tests' oracle).
+///
+/// # Shapes
+/// - `reflectance`: `[B, N, 3]`; `weights`: `[B, E]`
+/// - returns: `[B]`
 pub fn reflectance_sparsity_tensor_ops(
     reflectance: &Tensor,
     weights: &Tensor,
     edges: &Edges,
     p: f32,
 ) -> Result<Tensor> {
-    let d2 = edges.diff(reflectance)?.sqr()?.sum(D::Minus1)?;
-    let np = (d2 + 1e-8)?.powf(p as f64 / 2.0)?;
-    Ok(((np * weights)?.sum(1)? / edges.num_vertices as f64)?)
+    let d2 = edges.diff(reflectance)?.sqr()?.sum(D::Minus1)?; // [B, E, 3] -> [B, E]
+    let np = (d2 + 1e-8)?.powf(p as f64 / 2.0)?; // [B, E]
+    Ok(((np * weights)?.sum(1)? / edges.num_vertices as f64)?) // [B, E] -> [B]
 }
 
 /// E_glo (eq. 14): `(1/|M|) sum_{i in M} sum_{j in G_i} ||r_i - r_j||^2`, per image.
@@ -188,7 +206,12 @@ pub fn global_reflectance(reflectance: &Tensor, pairs: &SkinPairs) -> Result<Ten
 }
 
 /// [`global_reflectance`] with tensor ops (other devices; the tests' oracle).
+///
+/// # Shapes
+/// - `reflectance`: `[B, N, 3]`
+/// - returns: `[B]`
 pub fn global_reflectance_tensor_ops(reflectance: &Tensor, pairs: &SkinPairs) -> Result<Tensor> {
-    let d = (reflectance.index_select(&pairs.a, 1)? - reflectance.index_select(&pairs.b, 1)?)?;
-    Ok((d.sqr()?.sum(D::Minus1)?.sum(1)? / pairs.mask_size.max(1) as f64)?)
+    // P = |M| * partners pairs (i, j).
+    let d = (reflectance.index_select(&pairs.a, 1)? - reflectance.index_select(&pairs.b, 1)?)?; // [B, P, 3]
+    Ok((d.sqr()?.sum(D::Minus1)?.sum(1)? / pairs.mask_size.max(1) as f64)?) // [B, P, 3] -> [B, P] -> [B]
 }

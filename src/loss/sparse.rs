@@ -53,20 +53,21 @@ impl SparseLandmarks {
         let m = range.len();
         let [cx, cy] = k.centre();
         let t = targets.narrow(1, range.start, m)?; // [B, m, 2]
-        let dx = t.narrow(D::Minus1, 0, 1)?.affine(1.0 / k.focal as f64, -(cx as f64) / k.focal as f64)?;
-        let dy = t.narrow(D::Minus1, 1, 1)?.affine(-1.0 / k.focal as f64, cy as f64 / k.focal as f64)?;
-        let dz = dx.ones_like()?.neg()?;
+        // Camera ray through each target pixel (inverse of `project`, depth -1).
+        let dx = t.narrow(D::Minus1, 0, 1)?.affine(1.0 / k.focal as f64, -(cx as f64) / k.focal as f64)?; // [B, m, 1]
+        let dy = t.narrow(D::Minus1, 1, 1)?.affine(-1.0 / k.focal as f64, cy as f64 / k.focal as f64)?; // [B, m, 1]
+        let dz = dx.ones_like()?.neg()?; // [B, m, 1]
         let dir = Tensor::cat(&[dx, dy, dz], D::Minus1)?; // [B, m, 3]
-        let dir = dir.broadcast_div(&dir.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?;
+        let dir = dir.broadcast_div(&dir.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?; // [B, m, 3] unit
         let p = camera.detach().index_select(cand, 1)?; // [B, K, 3]
         let kc = p.dim(1)?;
         // Squared distance of p to the ray through the origin: |p x d|^2 (the cross product keeps
         // precision at ~1 m depth, where |p|^2 - (p . d)^2 cancels catastrophically in f32).
         let pe = p.unsqueeze(2)?.broadcast_as((b, kc, m, 3))?.contiguous()?; // [B, K, m, 3]
-        let de = dir.unsqueeze(1)?.broadcast_as((b, kc, m, 3))?.contiguous()?;
+        let de = dir.unsqueeze(1)?.broadcast_as((b, kc, m, 3))?.contiguous()?; // [B, K, m, 3]
         let dist = crate::face_model::topology::cross_tensor(&pe, &de)?.sqr()?.sum(D::Minus1)?; // [B, K, m]
         let best = dist.argmin(1)?; // [B, m] indices into cand
-        Ok(cand.index_select(&best.flatten_all()?, 0)?.reshape((b, m))?)
+        Ok(cand.index_select(&best.flatten_all()?, 0)?.reshape((b, m))?) // [B m] -> [B, m] vertex ids
     }
 
     /// Landmark vertex of every point of every image.
@@ -75,12 +76,13 @@ impl SparseLandmarks {
     /// `camera [B, N, 3]` (base level, camera space), `targets [B, 68, 2]` -> `[B, 68]` u32.
     pub fn vertex_indices(&self, camera: &Tensor, targets: &Tensor, k: &Intrinsics) -> Result<Tensor> {
         let b = camera.dim(0)?;
-        let fixed = self.fixed.unsqueeze(0)?.broadcast_as((b, 68))?.contiguous()?;
+        let fixed = self.fixed.unsqueeze(0)?.broadcast_as((b, 68))?.contiguous()?; // [68] -> [B, 68]
         if !self.sliding {
             return Ok(fixed);
         }
-        let right = self.pick(camera, targets, SLIDING_RIGHT, &self.cand_right, k)?;
-        let left = self.pick(camera, targets, SLIDING_LEFT, &self.cand_left, k)?;
+        let right = self.pick(camera, targets, SLIDING_RIGHT, &self.cand_right, k)?; // [B, 8]
+        let left = self.pick(camera, targets, SLIDING_LEFT, &self.cand_left, k)?; // [B, 8]
+        // Jaw 0-7 (sliding), chin 8 (fixed), jaw 9-16 (sliding), 17-67 (fixed): [B, 8 + 1 + 8 + 51] = [B, 68].
         Ok(Tensor::cat(&[right, fixed.narrow(1, 8, 1)?, left, fixed.narrow(1, 17, 51)?], 1)?)
     }
 
@@ -90,8 +92,8 @@ impl SparseLandmarks {
     /// `camera [B, N, 3]`, `indices [B, 68]` -> `[B, 68, 2]`.
     pub fn project(&self, camera: &Tensor, indices: &Tensor, k: &Intrinsics) -> Result<Tensor> {
         let (b, n) = indices.dims2()?;
-        let idx = indices.unsqueeze(2)?.broadcast_as((b, n, 3))?.contiguous()?;
-        Ok(project(&camera.gather(&idx, 1)?, k)?)
+        let idx = indices.unsqueeze(2)?.broadcast_as((b, n, 3))?.contiguous()?; // [B, 68, 3]
+        Ok(project(&camera.gather(&idx, 1)?, k)?) // [B, N, 3] -> [B, 68, 3] -> [B, 68, 2]
     }
 
     /// E_sparse (eq. 10) per image: `sum_f c_f ||f - u_f||^2 / |F|`, |F| the number of points
@@ -106,7 +108,7 @@ impl SparseLandmarks {
         confidence: &Tensor,
         k: &Intrinsics,
     ) -> Result<(Tensor, Tensor)> {
-        let idx = self.vertex_indices(camera, targets, k)?;
+        let idx = self.vertex_indices(camera, targets, k)?; // [B, 68] u32
         self.loss_at(camera, &idx, targets, confidence, k)
     }
 
@@ -124,12 +126,12 @@ impl SparseLandmarks {
         confidence: &Tensor,
         k: &Intrinsics,
     ) -> Result<(Tensor, Tensor)> {
-        let uv = self.project(camera, idx, k)?;
+        let uv = self.project(camera, idx, k)?; // [B, 68, 2]
         let d2 = (uv - targets)?.sqr()?.sum(D::Minus1)?; // [B, 68]
-        let present = confidence.gt(0.0)?.to_dtype(DType::F32)?;
-        let count = present.sum(D::Minus1)?.maximum(1.0)?;
-        let loss = (&d2 * confidence)?.sum(D::Minus1)?.div(&count)?;
-        let px = (d2.detach().sqrt()? * &present)?.sum(D::Minus1)?.div(&count)?;
+        let present = confidence.gt(0.0)?.to_dtype(DType::F32)?; // [B, 68]
+        let count = present.sum(D::Minus1)?.maximum(1.0)?; // [B]: points with confidence > 0
+        let loss = (&d2 * confidence)?.sum(D::Minus1)?.div(&count)?; // [B]
+        let px = (d2.detach().sqrt()? * &present)?.sum(D::Minus1)?.div(&count)?; // [B]
         Ok((loss, px))
     }
 }

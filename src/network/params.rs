@@ -52,7 +52,9 @@ impl ParamLayout {
     /// Decode raw outputs.
     ///
     /// # Shapes
-    /// `x`: `[B, num_outputs]`.
+    /// - `x`: `[B, num_outputs]`
+    /// - returns: [`Params`] of `[B, K_s]`, `[B, K_e]`, `[B, K_r]`, `[B, 27]` (gamma), `[B, 3]`
+    ///   (rotation), `[B, 3]` (translation) and, when C > 0, `[B, C]` twice
     pub fn split(&self, x: &Tensor) -> Result<Params> {
         let (b, p) = x.dims2()?;
         if p != self.num_outputs() {
@@ -64,21 +66,21 @@ impl ParamLayout {
         let dev = x.device();
         let mut off = 0;
         let mut take = |n: usize| -> Result<Tensor> {
-            let t = x.narrow(1, off, n)?;
+            let t = x.narrow(1, off, n)?; // [B, n]
             off += n;
             Ok(t)
         };
-        let z_shape = take(self.shape)?;
-        let z_expr = take(self.expr)?;
-        let z_albedo = take(self.albedo)?;
-        let neutral = Tensor::from_slice(&sh::neutral(), (1, sh::NUM_COEFFS), dev)?;
-        let gamma = (take(sh::NUM_COEFFS)? * self.scales.light as f64)?.broadcast_add(&neutral)?;
-        let rotation = (take(3)? * self.scales.rotation as f64)?;
-        let ts = Tensor::from_slice(&self.scales.translation, (1, 3), dev)?;
-        let t0 = Tensor::from_slice(&self.default_translation, (1, 3), dev)?;
-        let translation = take(3)?.broadcast_mul(&ts)?.broadcast_add(&t0)?;
+        let z_shape = take(self.shape)?; // [B, K_s]
+        let z_expr = take(self.expr)?; // [B, K_e]
+        let z_albedo = take(self.albedo)?; // [B, K_r]
+        let neutral = Tensor::from_slice(&sh::neutral(), (1, sh::NUM_COEFFS), dev)?; // [1, 27]
+        let gamma = (take(sh::NUM_COEFFS)? * self.scales.light as f64)?.broadcast_add(&neutral)?; // [B, 27]
+        let rotation = (take(3)? * self.scales.rotation as f64)?; // [B, 3]
+        let ts = Tensor::from_slice(&self.scales.translation, (1, 3), dev)?; // [1, 3]
+        let t0 = Tensor::from_slice(&self.default_translation, (1, 3), dev)?; // [1, 3]
+        let translation = take(3)?.broadcast_mul(&ts)?.broadcast_add(&t0)?; // [B, 3]
         let (corr_geometry, corr_reflectance) = if self.correctives > 0 {
-            (Some(take(self.correctives)?), Some(take(self.correctives)?))
+            (Some(take(self.correctives)?), Some(take(self.correctives)?)) // [B, C] each
         } else {
             (None, None)
         };
@@ -89,23 +91,28 @@ impl ParamLayout {
 
     /// Raw outputs that decode to the given parameters (the inverse of [`split`](Self::split));
     /// used by tests and by synthetic-data checks.
+    ///
+    /// # Shapes
+    /// - `p`: as [`split`](Self::split) returns them (`[B, K_s]`, `[B, K_e]`, `[B, K_r]`,
+    ///   `[B, 27]`, `[B, 3]`, `[B, 3]`, and `[B, C]` twice or none)
+    /// - returns: `[B, num_outputs]` (the correctives' `2C` columns only when `p` has them)
     pub fn encode(&self, p: &Params, device: &Device) -> Result<Tensor> {
-        let neutral = Tensor::from_slice(&sh::neutral(), (1, sh::NUM_COEFFS), device)?;
-        let ts = Tensor::from_slice(&self.scales.translation, (1, 3), device)?;
-        let t0 = Tensor::from_slice(&self.default_translation, (1, 3), device)?;
+        let neutral = Tensor::from_slice(&sh::neutral(), (1, sh::NUM_COEFFS), device)?; // [1, 27]
+        let ts = Tensor::from_slice(&self.scales.translation, (1, 3), device)?; // [1, 3]
+        let t0 = Tensor::from_slice(&self.default_translation, (1, 3), device)?; // [1, 3]
         let mut parts = vec![
-            p.z_shape.clone(),
-            p.z_expr.clone(),
-            p.z_albedo.clone(),
-            (p.gamma.broadcast_sub(&neutral)? / self.scales.light as f64)?,
-            (&p.rotation / self.scales.rotation as f64)?,
-            p.translation.broadcast_sub(&t0)?.broadcast_div(&ts)?,
+            p.z_shape.clone(),                                              // [B, K_s]
+            p.z_expr.clone(),                                               // [B, K_e]
+            p.z_albedo.clone(),                                             // [B, K_r]
+            (p.gamma.broadcast_sub(&neutral)? / self.scales.light as f64)?, // [B, 27]
+            (&p.rotation / self.scales.rotation as f64)?,                   // [B, 3]
+            p.translation.broadcast_sub(&t0)?.broadcast_div(&ts)?,          // [B, 3]
         ];
         if let (Some(g), Some(r)) = (&p.corr_geometry, &p.corr_reflectance) {
-            parts.push(g.clone());
-            parts.push(r.clone());
+            parts.push(g.clone()); // [B, C]
+            parts.push(r.clone()); // [B, C]
         }
-        Ok(Tensor::cat(&parts, 1)?)
+        Ok(Tensor::cat(&parts, 1)?) // [B, K_s + K_e + K_r + 27 + 3 + 3 (+ 2C)]
     }
 }
 

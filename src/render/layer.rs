@@ -75,8 +75,8 @@ impl ImageFormation {
     /// # Shapes
     /// `vertices [B, N, 3]`, `rotation [B, 3]` (Euler), `translation [B, 3]` -> `[B, N, 3]`.
     pub fn to_camera(&self, vertices: &Tensor, rotation: &Tensor, translation: &Tensor) -> Result<Tensor> {
-        let r = euler_to_matrix_tensor(rotation)?;
-        Ok(rigid_transform(vertices, &r, translation)?)
+        let r = euler_to_matrix_tensor(rotation)?; // [B, 3] -> [B, 3, 3]
+        Ok(rigid_transform(vertices, &r, translation)?) // [B, N, 3]
     }
 
     /// Differentiable pixel positions of camera-space points.
@@ -87,7 +87,11 @@ impl ImageFormation {
         Ok(reference::project(camera_points, &self.intrinsics)?)
     }
 
-    /// Unit camera-space normals.
+    /// Unit camera-space normals (area-weighted over the incident triangles).
+    ///
+    /// # Shapes
+    /// - `camera_vertices`: `[B, N, 3]`
+    /// - returns: `[B, N, 3]`
     pub fn normals(&self, camera_vertices: &Tensor) -> Result<Tensor> {
         Ok(match self.backend {
             Backend::Reference => reference::normals(camera_vertices, &self.topo_ref)?,
@@ -104,12 +108,18 @@ impl ImageFormation {
         let v = camera_vertices.detach();
         // "Not back-facing" rather than "facing": NaN normals stay visible so that a NaN reaches
         // the loss (see `render`).
-        let facing = (normals.detach() * v.neg()?)?.sum(D::Minus1)?.le(0.0)?.eq(0.0)?.to_dtype(v.dtype())?;
-        let m = (facing * reference::sampleable(&v, &self.intrinsics)?)?;
-        Ok(m.broadcast_mul(&self.region.to_dtype(v.dtype())?)?)
+        let facing = (normals.detach() * v.neg()?)?.sum(D::Minus1)?.le(0.0)?.eq(0.0)?.to_dtype(v.dtype())?; // [B, N]
+        let m = (facing * reference::sampleable(&v, &self.intrinsics)?)?; // [B, N]
+        Ok(m.broadcast_mul(&self.region.to_dtype(v.dtype())?)?) // [B, N] * [1, N] -> [B, N]
     }
 
     /// Render a batch: the full layer of Sec. 5.
+    ///
+    /// # Shapes
+    /// - `input`: see [`RenderInput`] (`[B, N, 3]` geometry and reflectance, `[B, 3]` pose,
+    ///   `[B, 27]` light, `[B, H, W, 3]` images)
+    /// - returns: [`Rendered`] (`[B, N, 3]` positions, normals, shaded and sampled colours;
+    ///   `[B, N]` visibility)
     ///
     /// Non-finite inputs are never masked away: visibility treats NaN as visible, so a NaN or
     /// infinite parameter makes the photometric loss NaN (not a silent zero), which the trainer
@@ -137,7 +147,8 @@ impl ImageFormation {
     /// culled"); callers can detect it from `visible`.
     ///
     /// # Shapes
-    /// -> `[B]`.
+    /// - `r`: a [`Rendered`] batch (`sampled`, `shaded` `[B, N, 3]`, `visible` `[B, N]`)
+    /// - returns: `[B]`
     pub fn photometric(&self, r: &Rendered) -> Result<Tensor> {
         Ok(match self.backend {
             Backend::Reference => reference::photometric_l21(&r.sampled, &r.shaded, &r.visible)?,

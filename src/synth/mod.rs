@@ -524,7 +524,7 @@ pub fn generate_with_model(model: &FaceModel, cfg: &SynthConfig, out_dir: impl A
             out_dir.display()
         )));
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    crate::io::create_dir(out_dir)?;
     let world = World::new(model, cfg);
 
     let settings = serde_json::json!({

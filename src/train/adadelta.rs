@@ -48,7 +48,10 @@ pub fn state_names(var: &str) -> (String, String) {
 impl AdaDelta {
     /// Every variable of a network's `VarMap`, sorted by name, in the learning-rate group of
     /// Sec. 7 its name puts it in: geometry correctives, reflectance correctives, or the encoder /
-    /// base level (everything else).
+    /// base level (everything else). The corrective groups are the bases only
+    /// (`correctives.geometry`, `correctives.reflectance`); the output rows of `encoder.head` that
+    /// regress the corrective coefficients are part of the encoder and take `lr_encoder` (README,
+    /// "Learning-rate groups").
     pub fn for_varmap(varmap: &candle_nn::VarMap, optim: &crate::config::OptimConfig) -> Result<Self> {
         use crate::face_model::multilevel::{GEOMETRY_CORRECTIVES, REFLECTANCE_CORRECTIVES};
         let data = varmap.data().lock().expect("varmap lock");
@@ -87,17 +90,26 @@ impl AdaDelta {
     }
 
     /// The optimiser state, named for a checkpoint.
+    ///
+    /// # Shapes
+    /// - returns: two tensors per variable, E[g²] (`adadelta.sq_grad.NAME`) and E[Δ²]
+    ///   (`adadelta.sq_delta.NAME`), each of the variable's own shape (e.g. `[C, 3N]` for a
+    ///   corrective basis, `[O, C, k, k]` for a convolution's weights)
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for s in &self.slots {
             let (g, d) = state_names(&s.name);
-            out.push((g, s.sq_grad.clone()));
-            out.push((d, s.sq_delta.clone()));
+            out.push((g, s.sq_grad.clone())); // same shape as s.var
+            out.push((d, s.sq_delta.clone())); // same shape as s.var
         }
         out
     }
 
     /// Restore the state saved by [`state`](Self::state); every variable must be present.
+    ///
+    /// # Shapes
+    /// - `tensors`: for each variable, both state tensors with exactly the variable's shape (an
+    ///   error otherwise); they are moved to the variable's device
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         for s in &mut self.slots {
             let (g, d) = state_names(&s.name);
@@ -111,7 +123,7 @@ impl AdaDelta {
                         s.var.dims()
                     )));
                 }
-                Ok(t.to_device(s.var.device())?)
+                Ok(t.to_device(s.var.device())?) // same shape as s.var
             };
             s.sq_grad = get(&g)?;
             s.sq_delta = get(&d)?;
