@@ -25,6 +25,12 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The paper's inference time per image (abstract and Sec. 7: "over 250 Hz", 4 ms).
+pub const PAPER_MS_PER_IMAGE: f64 = 4.0;
+/// The paper's training rate: (200k + 190k) iterations x 5 images in 16 hours (Sec. 7), about 34
+/// images/s.
+pub const PAPER_TRAIN_IMAGES_PER_S: f64 = 390_000.0 * 5.0 / (16.0 * 3600.0);
+
 /// "cpu" or "cuda" (the name the JSON outputs use).
 pub fn device_name(device: &Device) -> &'static str {
     match device {
@@ -157,8 +163,10 @@ impl InferReport {
         );
         let _ = writeln!(
             s,
-            "latency at batch 1: {:.3} ms ({:.1} Hz); the paper: 4 ms (250 Hz)",
-            self.latency_ms_b1, self.hz_b1
+            "latency at batch 1: {:.3} ms ({:.1} Hz); the paper: {PAPER_MS_PER_IMAGE} ms ({} Hz)",
+            self.latency_ms_b1,
+            self.hz_b1,
+            1000.0 / PAPER_MS_PER_IMAGE
         );
         let _ = writeln!(s, "{:>7} {:>14} {:>12} {:>12}", "batch", "ms/batch", "ms/image", "images/s");
         for b in &self.per_batch {
@@ -509,7 +517,7 @@ impl BenchStage {
 impl TrainBenchReport {
     pub fn line(&self) -> String {
         format!(
-            "training ({}, {}) on {}: batch {}, {} steps: {:.1} images/s, {:.2} ms per step (the paper: about 34 images/s)",
+            "training ({}, {}) on {}: batch {}, {} steps: {:.1} images/s, {:.2} ms per step (the paper: about {PAPER_TRAIN_IMAGES_PER_S:.0} images/s)",
             self.stage.name(),
             self.config,
             self.device,

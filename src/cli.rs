@@ -411,7 +411,17 @@ impl RunArgs {
 }
 
 fn run_training(opts: fml::train::TrainOptions) -> anyhow::Result<()> {
+    fml::train::interrupt::install_sigint_handler();
     let r = fml::train::train(&opts)?;
+    if r.interrupted {
+        // An error exit (the run did not finish), after the checkpoint is safely written.
+        anyhow::bail!(
+            "interrupted at step {} of {}; checkpoint written to {}: continue with --resume",
+            r.step,
+            opts.config.train.steps,
+            r.out.display()
+        );
+    }
     if r.last.is_empty() {
         println!(
             "{} run {} is already at step {} (train.steps = {}): nothing to train; --steps extends it",
@@ -954,6 +964,13 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 (bench::untrained_net(&fml::config::Config::default(), false, &device)?, "default".to_string())
             }
         };
+        if a.runs == 0 || !(a.max_seconds > 0.0) {
+            anyhow::bail!(
+                "bench infer: --runs and --max-seconds must be positive (got {} / {})",
+                a.runs,
+                a.max_seconds
+            );
+        }
         let mut cfg =
             bench::InferBenchConfig { latency_runs: a.runs, max_seconds: a.max_seconds, ..Default::default() };
         if let Some(b) = &a.batches {
@@ -987,6 +1004,10 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         // The reference (candle ops) path on a small size beside the fast path on the same size.
         let small =
             bench::RenderBenchConfig { batch: cfg.batch.min(4), vertices: cfg.vertices.min(2000), ..cfg.clone() };
+        println!(
+            "fast path vs the candle-ops reference (the test oracle) at a small size, {} meshes of {} vertices:",
+            small.batch, small.vertices
+        );
         for backend in [fml::render::Backend::Fast, fml::render::Backend::Reference] {
             let r = bench::bench_render(&device, &bench::RenderBenchConfig { backend, ..small.clone() })?;
             println!("{}", r.line());

@@ -361,8 +361,9 @@ impl Augment {
             Ok(())
         } else {
             Err(Error::invalid(format!(
-                "invalid augmentation {self:?}: need shift_px >= 0, 0 < scale lo <= hi, \
-                 color_jitter in [0, 1), flip_prob in [0, 1]"
+                "invalid [augment]: shift_px = {}, scale_range = {:?}, color_jitter = {}, flip_prob = {}; need \
+                 shift_px >= 0, 0 < scale_range[0] <= scale_range[1], color_jitter in [0, 1), flip_prob in [0, 1]",
+                self.shift_px, self.scale_range, self.color_jitter, self.flip_prob
             )))
         }
     }

@@ -35,6 +35,9 @@ fn flat_layout_is_deterministic_and_complete() {
     assert_eq!(settings["config"]["seed"], 9);
     assert_eq!(settings["config"]["size"], 64);
     assert_eq!(settings["images"], 3);
+    // f32 settings are written as given (0.6, not 0.6000000238418579).
+    let text = String::from_utf8(read(a.path(), "synth.json")).unwrap();
+    assert!(!text.contains("0000000"), "{text}");
 }
 
 #[test]

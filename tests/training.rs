@@ -229,6 +229,63 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     assert!(e.contains("encoder.head.bias") && e.contains("checkpoint.safetensors"), "{e}");
 }
 
+/// Ctrl-C (SIGINT) to `fml train`: the step in flight finishes, a checkpoint of exactly the
+/// logged steps is written, the exit says how to continue, and `--resume` does.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut cfg = tiny_config(&data(d));
+    cfg.train.steps = 100_000;
+    cfg.train.checkpoint_every = 100_000;
+    let config = d.join("run.toml");
+    std::fs::write(&config, cfg.to_toml()).unwrap();
+    let out = d.join("run");
+    let fml = assert_cmd::cargo::cargo_bin("fml");
+    let child = std::process::Command::new(&fml)
+        .args(["train", "-q", "-c"])
+        .arg(&config)
+        .arg("-o")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while train_steps_logged(&out) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no training steps logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("interrupted at step") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let ck = fml::checkpoint::load(&out.join(fml::checkpoint::FILE), &Device::Cpu).unwrap();
+    let logged = train_steps_logged(&out);
+    assert_eq!(ck.meta.step, logged as u64, "the checkpoint must hold every logged step");
+    let more = (logged + 2).to_string();
+    std::process::Command::new(&fml)
+        .args(["train", "-q", "--resume", "--steps", &more, "-c"])
+        .arg(&config)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success()
+        .then_some(())
+        .expect("resume after Ctrl-C");
+    assert_eq!(train_steps_logged(&out), logged + 2);
+}
+
+fn train_steps_logged(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("log.jsonl")).map_or(0, |t| t.lines().filter(|l| l.contains("\"train\"")).count())
+}
+
 #[test]
 fn shipped_configs_load_and_follow_the_paper() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");

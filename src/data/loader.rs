@@ -159,14 +159,19 @@ impl Loader {
         let ds = Dataset::open(path)?;
         let items = ds.indices(cfg.split);
         if items.is_empty() {
-            return Err(Error::invalid(format!("{}: no records in split {:?}", path.display(), cfg.split)));
+            return Err(Error::invalid(format!(
+                "{}: no records in the {} split",
+                path.display(),
+                split_name(cfg.split)
+            )));
         }
         if cfg.drop_last && items.len() < cfg.batch_size {
             return Err(Error::invalid(format!(
-                "{}: {} records in split {:?} but batch_size {} with drop_last: no batch would ever be complete",
+                "{}: {} records in the {} split, fewer than the batch size {}: no full batch (lower train.batch \
+                 or prepare more faces)",
                 path.display(),
                 items.len(),
-                cfg.split,
+                split_name(cfg.split),
                 cfg.batch_size
             )));
         }
@@ -355,6 +360,15 @@ pub fn bench_loader_with(path: impl AsRef<Path>, batch_size: usize, augment: Aug
     Ok(images as f64 / start.elapsed().as_secs_f64())
 }
 
+/// "train", "validation" or "whole" (no split) for messages.
+fn split_name(split: Option<Split>) -> &'static str {
+    match split {
+        Some(Split::Train) => "train",
+        Some(Split::Val) => "validation",
+        None => "whole",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,7 +438,7 @@ mod tests {
         assert_eq!(train.len(), 18);
         assert!(Loader::new(&p, cfg(0)).is_err());
         let e = Loader::new(&p, LoaderConfig { split: Some(Split::Val), ..cfg(5) }).err().unwrap().to_string();
-        assert!(e.contains("no batch would ever be complete"), "{e}");
+        assert!(e.contains("2 records in the validation split") && e.contains("no full batch"), "{e}");
         let bad_aug = LoaderConfig { augment: Augment { flip_prob: -1.0, ..Augment::none() }, ..cfg(2) };
         assert!(Loader::new(&p, bad_aug).is_err());
     }

@@ -329,6 +329,12 @@ fn process(c: &Candidate, cfg: &PrepareConfig) -> Processed {
     Ok((record, meta))
 }
 
+/// The inputs for messages: "a, b" or "a, b, ... (N inputs)".
+fn names(inputs: &[PathBuf]) -> String {
+    let shown: Vec<String> = inputs.iter().take(3).map(|p| p.display().to_string()).collect();
+    if inputs.len() > 3 { format!("{}, ... ({} inputs)", shown.join(", "), inputs.len()) } else { shown.join(", ") }
+}
+
 /// Run `prepare`: read `inputs` (folders, images, `.json`/`.csv` manifests), write the dataset
 /// to `output` atomically, and return the report. Fails (writing nothing) only when no face is
 /// usable or the output cannot be written; the error then carries the skip summary.
@@ -357,7 +363,7 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
         .map(|((image, landmarks), v)| Candidate { image, landmarks, split: if v { Split::Val } else { Split::Train } })
         .collect();
     if candidates.is_empty() {
-        return Err(Error::invalid(format!("no usable faces in the inputs: nothing was written\n{report}")));
+        return Err(Error::invalid(format!("no usable faces in {}: nothing was written\n{report}", names(inputs))));
     }
 
     let info = serde_json::json!({
@@ -416,7 +422,7 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
     match written {
         Ok(_) => Ok(report),
         Err(Error::Invalid(_)) if n_train + n_val == 0 => {
-            Err(Error::invalid(format!("no usable faces in the inputs: nothing was written\n{report}")))
+            Err(Error::invalid(format!("no usable faces in {}: nothing was written\n{report}", names(inputs))))
         }
         Err(e) => Err(e),
     }

@@ -59,9 +59,8 @@ pub fn resolve_run(checkpoint: Option<&Path>) -> Result<PathBuf> {
         return Err(Error::invalid(format!(
             "no --checkpoint given and the built-in default model is missing ({} has no {}). Pass \
              --checkpoint RUN (a run directory of `fml train` / `fml finetune` / `fml export`, or its \
-             checkpoint file), set {DEFAULT_MODEL_ENV} to such a directory, or train one, e.g. \
-             `fml synth --count 600 --size 64 -o data/tiny-synth && fml prepare data/tiny-synth --size 64 -o \
-             data/tiny.fmlds && fml train -c configs/tiny.toml -o runs/tiny && fml export runs/tiny -o data/default`",
+             checkpoint file), set {DEFAULT_MODEL_ENV} to such a directory, or train the default one with the \
+             five commands in the header of configs/default.toml (about 10 minutes on 2 CPU cores)",
             run.display(),
             checkpoint::FILE
         )));

@@ -527,11 +527,24 @@ pub fn generate_with_model(model: &FaceModel, cfg: &SynthConfig, out_dir: impl A
     crate::io::create_dir(out_dir)?;
     let world = World::new(model, cfg);
 
-    let settings = serde_json::json!({
-        "generator": "fml synth",
-        "version": env!("CARGO_PKG_VERSION"),
-        "config": cfg,
-        "model": {
+    // A struct, not json!: json! widens f32 settings to f64 and writes 0.05 as 0.05000000074505806.
+    #[derive(serde::Serialize)]
+    struct Settings<'a> {
+        generator: &'static str,
+        version: &'static str,
+        config: &'a SynthConfig,
+        model: serde_json::Value,
+        expr_sampling: ExprSampling,
+        images: usize,
+        testers: usize,
+        files: &'static str,
+        conventions: &'static str,
+    }
+    let settings = Settings {
+        generator: "fml synth",
+        version: env!("CARGO_PKG_VERSION"),
+        config: cfg,
+        model: serde_json::json!({
             "name": world.name,
             "vertices": model.num_vertices(),
             "triangles": model.triangles.len(),
@@ -539,16 +552,16 @@ pub fn generate_with_model(model: &FaceModel, cfg: &SynthConfig, out_dir: impl A
             "expression_modes": model.num_expr(),
             "albedo_modes": model.num_albedo(),
             "capped_holes": world.holes.len(),
-        },
-        "expr_sampling": world.expr_sampling,
-        "images": cfg.count,
-        "testers": cfg.testers(),
-        "files": match cfg.layout {
+        }),
+        expr_sampling: world.expr_sampling,
+        images: cfg.count,
+        testers: cfg.testers(),
+        files: match cfg.layout {
             Layout::Flat => "{i:06}.{png,pts,obj,json}",
             Layout::FaceWarehouse => "Tester_{k}/TrainingPose/pose_{j}.{png,pts,obj,json}",
         },
-        "conventions": "docs/conventions.md: pixel centres at i + 0.5, v_cam = R v + t, camera looks down -z",
-    });
+        conventions: "docs/conventions.md: pixel centres at i + 0.5, v_cam = R v + t, camera looks down -z",
+    };
     let text = serde_json::to_string_pretty(&settings)
         .map_err(|e| Error::format(out_dir.join("synth.json"), format!("cannot serialise the settings: {e}")))?;
 

@@ -69,13 +69,16 @@ pub struct TrainReport {
     /// Last validation means, if any.
     pub validation: Option<Vec<(String, f64)>>,
     pub images_per_sec: f64,
+    /// Stopped early by [`super::interrupt::request_stop`] (Ctrl-C), with a checkpoint.
+    pub interrupted: bool,
 }
 
 /// The face model a config names ("demo" or a file), truncated as configured.
 pub fn load_face_model(cfg: &crate::config::ModelConfig) -> Result<FaceModel> {
     let mut m = if cfg.path == "demo" { crate::face_model::demo::demo_model() } else { FaceModel::load(&cfg.path)? };
     if cfg.shape_modes.is_some() || cfg.expr_modes.is_some() || cfg.albedo_modes.is_some() {
-        m.truncate(cfg.shape_modes, cfg.expr_modes, cfg.albedo_modes)?;
+        m.truncate(cfg.shape_modes, cfg.expr_modes, cfg.albedo_modes)
+            .map_err(|e| Error::invalid(format!("[model] of the config (model {}): {e}", cfg.path)))?;
     }
     Ok(m)
 }
@@ -322,7 +325,20 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             }
         }
     }
-    let net = FaceNet::new(&face_model, cfg, correctives, cfg.train.backend, &varmap, &device)?;
+    // Restored weights whose shapes the config's encoder does not have: name their file.
+    let restored_from = match (&resumed, &opts.stage) {
+        (Some(ck), _) => Some(ck.path.clone()),
+        (None, Stage::Finetune { from }) => {
+            Some(if from.is_dir() { from.join(checkpoint::FILE) } else { from.clone() })
+        }
+        (None, Stage::Pretrain) => None,
+    };
+    let net = FaceNet::new(&face_model, cfg, correctives, cfg.train.backend, &varmap, &device).map_err(|e| {
+        match &restored_from {
+            Some(p) => Error::format(p, format!("does not fit this config's network: {e}")),
+            None => e,
+        }
+    })?;
     if let Some(ck) = &resumed {
         checkpoint::check_complete(ck, &varmap, &[encoder::PREFIX, "correctives."])?;
     }
@@ -365,7 +381,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
 
     let (mut step, mut position) = (0u64, Position::default());
     if let Some(ck) = &resumed {
-        opt.load_state(&ck.tensors)?;
+        opt.load_state(&ck.tensors).map_err(|e| {
+            Error::format(
+                &ck.path,
+                format!("{e} (a weights-only export cannot be resumed; finetune --from it instead)"),
+            )
+        })?;
         step = ck.meta.step;
         position = ck.meta.loader;
     }
@@ -403,6 +424,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
 
     let mut last = Vec::new();
     let mut validation = None;
+    let mut interrupted = false;
     let start = Instant::now();
     let first_step = step;
     let mut batches = loader.iter_from(position);
@@ -455,6 +477,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             writeln!(log, "{line}").map_err(|e| Error::io(opts.out.join("log.jsonl"), e))?;
             validation = Some(v);
         }
+        if super::interrupt::stop_requested() {
+            interrupted = true;
+            break;
+        }
         if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && step != target {
             save(step, position, &opt)?;
         }
@@ -466,7 +492,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let images = (step - first_step) as f64 * cfg.train.batch as f64;
-    Ok(TrainReport { out: opts.out.clone(), step, last, validation, images_per_sec: images / elapsed.max(1e-9) })
+    Ok(TrainReport {
+        out: opts.out.clone(),
+        step,
+        last,
+        validation,
+        images_per_sec: images / elapsed.max(1e-9),
+        interrupted,
+    })
 }
 
 /// Mean loss terms over (at most `max_batches`) validation batches, without updates.
