@@ -182,9 +182,9 @@ impl Default for OptimConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Iterations. Paper: 200k pretraining, 190k finetuning.
+    /// Iterations. Paper (Sec. 7): 200k pretraining, 190k finetuning.
     pub steps: u64,
-    /// Images per batch. Paper: 5.
+    /// Images per batch. Paper (Sec. 7): 5.
     pub batch: usize,
     pub seed: u64,
     /// Validation every N steps (0 = never) over at most `val_batches` batches (0 = none).
@@ -236,7 +236,7 @@ pub type ConvSpec = [usize; 5];
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncoderConfig {
-    /// Input crop size (square), pixels. Paper: 240.
+    /// Input crop size (square), pixels. Paper (Sec. 7): 240.
     pub input_size: usize,
     /// The five convolutions. Default: AlexNet's (96 11x11/4, 256 5x5, 384 3x3, 384 3x3, 256 3x3,
     /// overlapping 3x3/2 max-pooling after 1, 2 and 5), without local response normalisation.

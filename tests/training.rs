@@ -165,7 +165,7 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     let d = dir.path();
     let mut cfg = tiny_config(&data(d));
     cfg.train.steps = 2;
-    let err = |r: fml::Result<fml::train::TrainReport>| r.err().expect("must fail").to_string();
+    let err = |r: fml::Result<fml::train::TrainReport>| r.expect_err("must fail").to_string();
 
     // Inputs are checked before the run directory exists.
     let mut nodata = cfg.clone();
@@ -225,7 +225,7 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     std::fs::create_dir_all(&m).unwrap();
     std::fs::copy(a.join("config.toml"), m.join("config.toml")).unwrap();
     fml::checkpoint::save(&m.join(fml::checkpoint::FILE), &varmap, &[], &ck.meta).unwrap();
-    let e = fml::infer::load_run(&m, &Device::Cpu).err().expect("must fail").to_string();
+    let e = fml::infer::load_run(&m, &Device::Cpu).map(|_| ()).expect_err("must fail").to_string();
     assert!(e.contains("encoder.head.bias") && e.contains("checkpoint.safetensors"), "{e}");
 }
 

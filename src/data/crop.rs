@@ -26,7 +26,7 @@ pub enum Pad {
 /// Crop geometry and resampling.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CropConfig {
-    /// Output side in pixels (the paper: 240).
+    /// Output side in pixels (the paper, Sec. 7: 240).
     pub size: u32,
     /// Box side as a multiple of the larger side of the landmark bounding box.
     pub margin: f32,

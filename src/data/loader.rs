@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 /// Loader settings.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoaderConfig {
-    /// Faces per batch (the paper: 5).
+    /// Faces per batch (the paper, Sec. 7: 5).
     pub batch_size: usize,
     /// Shuffle the order every epoch (otherwise record order).
     pub shuffle: bool,

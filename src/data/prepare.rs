@@ -22,7 +22,7 @@ pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
 #[derive(Clone, Debug)]
 pub struct PrepareConfig {
     pub crop: CropConfig,
-    /// Fraction of faces assigned to validation (the paper: 2k of 144k, about 0.014).
+    /// Fraction of faces assigned to validation (the paper, Sec. 7: 2k of 144k, about 0.014).
     pub val_fraction: f64,
     /// Seed of the split.
     pub seed: u64,
