@@ -2,9 +2,12 @@
 //! after Tewari et al., "Self-supervised Multi-level Face Model Learning for Monocular
 //! Reconstruction at over 250 Hz" (CVPR 2018).
 //!
-//! Data flows one way through the modules:
-//! `data` -> `encoder` -> `face_model` -> `render` -> `loss` -> `train`; `infer` runs the trained
-//! pipeline. `config`, `error`, `io`, `rng` and `checkpoint` are shared by all of them.
+//! Data flows one way through the modules: `data` -> `encoder` -> `face_model` -> `render` ->
+//! `network` (the autoencoder of Fig. 1) -> `loss` -> `train` -> `infer` (the trained pipeline);
+//! a module uses only what lies upstream of it. Shared by all of them: `config` (plain data, the
+//! pipeline modules' config sections included), `error`, `io`, `rng`, `checkpoint`, `kernel`
+//! (CUDA plumbing), `progress` and `eval` (geometry: alignment, ICP, closest points). `synth`,
+//! `bench` and `demo` use the pipeline from outside.
 
 pub mod bench;
 pub mod checkpoint;
