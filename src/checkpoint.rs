@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// File name of a run's checkpoint.
 pub const FILE: &str = "checkpoint.safetensors";
 /// Metadata key holding [`Meta`] as JSON.
-const META_KEY: &str = "fml_checkpoint";
+pub const META_KEY: &str = "fml_checkpoint";
 
 /// Bookkeeping stored beside the tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,6 +32,11 @@ pub struct Meta {
     pub num_vertices: usize,
     pub num_outputs: usize,
     pub correctives: usize,
+    /// Identity, expression and reflectance modes of the base model the head regresses, checked
+    /// when finetuning starts from this checkpoint (absent in checkpoints written before it was
+    /// recorded: then only `num_outputs` is checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modes: Option<[usize; 3]>,
 }
 
 /// Where a data loader is: `index` faces of epoch `epoch` have been delivered. Defined here,
@@ -81,6 +86,11 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::format(path, format!("reading tensors: {e}")))?;
     for (name, t) in &tensors {
+        // Every tensor fml writes (weights, bases, optimiser state) is f32; another dtype would
+        // fail far from the file, inside an operation.
+        if t.dtype() != candle_core::DType::F32 {
+            return Err(Error::format(path, format!("tensor {name} is {:?}, expected F32", t.dtype())));
+        }
         let s = t
             .to_dtype(candle_core::DType::F64)
             .and_then(|t| t.sum_all()?.to_scalar::<f64>())
@@ -115,10 +125,6 @@ pub fn restore_vars(ckpt: &Checkpoint, varmap: &VarMap, prefixes: &[&str]) -> Re
     let mut n = 0;
     for (name, t) in &ckpt.tensors {
         if prefixes.iter().any(|p| name.starts_with(p)) {
-            // Every learned tensor is f32; another dtype would fail much later, far from the file.
-            if t.dtype() != candle_core::DType::F32 {
-                return Err(Error::format(&ckpt.path, format!("tensor {name} is {:?}, expected F32", t.dtype())));
-            }
             match data.get(name) {
                 Some(v) => {
                     if v.dims() != t.dims() {

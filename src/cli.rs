@@ -1,5 +1,27 @@
 //! Command-line interface: clap derive definitions and dispatch to the library.
 
+/// `println!` / `print!` / `eprintln!` that ignore a closed pipe (`fml ... | head`): the work
+/// is done (or checkpointed) by the time anything is printed, and the std macros would turn a
+/// reader that stopped early into a panic.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fml::face_model::FaceModel;
 use fml::face_model::import::{ContourOptions, ImportFormat, ImportOptions, Origin};
@@ -212,8 +234,8 @@ pub struct ReconstructArgs {
     /// mesh as NAME.overlay.png), as NAME.overlay.png beside each mesh otherwise.
     #[arg(long, value_name = "O.png", num_args = 0..=1)]
     pub overlay: Option<Option<PathBuf>>,
-    /// Opacity of the reconstruction in the overlay.
-    #[arg(long, default_value_t = 0.6)]
+    /// Opacity of the reconstruction in the overlay (0..=1).
+    #[arg(long, default_value_t = 0.6, value_parser = parse_unit)]
     pub overlay_alpha: f32,
     /// Images per network batch.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -236,6 +258,14 @@ pub struct ReconstructArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub land_map: LandMapArg,
+}
+
+/// A number in [0, 1].
+fn parse_unit(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?} is not a number in [0, 1]")),
+    }
 }
 
 fn parse_bbox(s: &str) -> Result<[f32; 4], String> {
@@ -304,23 +334,23 @@ pub struct DemoArgs {
 
 fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
     let r = fml::demo::run_demo(&a.output, a.checkpoint.as_deref(), a.seed, a.faces)?;
-    println!(
+    outln!(
         "{}
 ",
         r.model_summary
     );
-    println!("input (synthetic, with ground truth): {} (first of {})", r.image.display(), r.faces);
-    println!("network:                              {}", r.run.display());
-    println!("reconstruction:                       {}", r.mesh.display());
-    println!("overlay:                              {}", r.overlay.display());
-    println!("parameters:                           {}", r.params.display());
-    println!("\ngeometric error against the ground truth after similarity alignment, mean of {} faces:", r.faces);
+    outln!("input (synthetic, with ground truth): {} (first of {})", r.image.display(), r.faces);
+    outln!("network:                              {}", r.run.display());
+    outln!("reconstruction:                       {}", r.mesh.display());
+    outln!("overlay:                              {}", r.overlay.display());
+    outln!("parameters:                           {}", r.params.display());
+    outln!("\ngeometric error against the ground truth after similarity alignment, mean of {} faces:", r.faces);
     let [vb, vf, vm] = r.vertex_error_mm;
-    println!("               point-to-surface   per vertex (same topology)");
-    println!("  mean face    {:>8.2} mm        {vm:>8.2} mm", r.error_mean_face_mm);
-    println!("  base level   {:>8.2} mm        {vb:>8.2} mm", r.error_base_mm);
+    outln!("               point-to-surface   per vertex (same topology)");
+    outln!("  mean face    {:>8.2} mm        {vm:>8.2} mm", r.error_mean_face_mm);
+    outln!("  base level   {:>8.2} mm        {vb:>8.2} mm", r.error_base_mm);
     if let Some(f) = r.error_final_mm {
-        println!("  final level  {f:>8.2} mm        {vf:>8.2} mm");
+        outln!("  final level  {f:>8.2} mm        {vf:>8.2} mm");
     }
     Ok(())
 }
@@ -352,7 +382,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub tf32: bool,
     /// Stop (with a checkpoint) after this many steps in all, to continue later with --resume.
-    #[arg(long, value_name = "STEP")]
+    #[arg(long, value_name = "STEP", value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_at: Option<u64>,
     /// No progress output.
     #[arg(short, long)]
@@ -411,7 +441,7 @@ impl RunArgs {
 }
 
 fn run_training(opts: fml::train::TrainOptions) -> anyhow::Result<()> {
-    fml::train::interrupt::install_sigint_handler();
+    fml::train::interrupt::install_signal_handlers();
     let r = fml::train::train(&opts)?;
     if r.interrupted {
         // An error exit (the run did not finish), after the checkpoint is safely written.
@@ -423,21 +453,21 @@ fn run_training(opts: fml::train::TrainOptions) -> anyhow::Result<()> {
         );
     }
     if r.last.is_empty() {
-        println!(
-            "{} run {} is already at step {} (train.steps = {}): nothing to train; --steps extends it",
+        outln!(
+            "{} run {} is already at step {} (target {}: train.steps, or --stop-at): nothing to train",
             opts.stage_name(),
             r.out.display(),
             r.step,
-            opts.config.train.steps
+            opts.stop_at.map_or(opts.config.train.steps, |s| s.min(opts.config.train.steps))
         );
         return Ok(());
     }
     let fmt = |v: &[(String, f64)]| v.iter().map(|(k, x)| format!("{k} {x:.5}")).collect::<Vec<_>>().join(", ");
-    println!("{} at step {}: {}", opts.stage_name(), r.step, fmt(&r.last));
+    outln!("{} at step {}: {}", opts.stage_name(), r.step, fmt(&r.last));
     if let Some(v) = &r.validation {
-        println!("validation: {}", fmt(v));
+        outln!("validation: {}", fmt(v));
     }
-    println!("{:.1} images/s; run directory {}", r.images_per_sec, r.out.display());
+    outln!("{:.1} images/s; run directory {}", r.images_per_sec, r.out.display());
     Ok(())
 }
 
@@ -756,7 +786,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconstruct(a) => run_reconstruct(a),
         Command::Export(a) => {
             let ckpt = fml::infer::export(&a.run, &a.output)?;
-            println!("wrote {} (weights only) and its config.toml", ckpt.display());
+            outln!("wrote {} (weights only) and its config.toml", ckpt.display());
             Ok(())
         }
     }
@@ -766,7 +796,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn apply_tf32(device: &candle_core::Device, requested: bool) -> bool {
     let active = fml::kernel::set_tf32(device, requested);
     if requested && !active {
-        eprintln!("{}", fml::kernel::TF32_CPU_NOTE);
+        errln!("{}", fml::kernel::TF32_CPU_NOTE);
     }
     active
 }
@@ -780,9 +810,9 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
     // crops, wrong for a photograph, so say so (--whole asks for it and silences this).
     let whole = plan.items.iter().filter(|i| i.input.crop == fml::infer::reconstruct::CropSpec::Whole).count();
     if whole > 0 && !a.whole && !a.quiet {
-        eprintln!(
-            "note: {whole} of {} images have no landmark file (x.pts / x.land) and no --bbox: each is used whole \
-             as the face crop (--whole to say that is intended)",
+        errln!(
+            "note: {whole} of {} image(s) without a landmark file (x.pts / x.land) or --bbox: used whole as \
+             the face crop (--whole to say that is intended)",
             plan.items.len()
         );
     }
@@ -804,16 +834,16 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
             anyhow::bail!("{}", f.error);
         }
         for p in [Some(&item.mesh), item.params.as_ref(), item.overlay.as_ref()].into_iter().flatten() {
-            println!("wrote {}", p.display());
+            outln!("wrote {}", p.display());
         }
         return Ok(());
     }
     if report.failures.is_empty() {
-        println!("{report}");
-        println!("outputs in {}", req.output.display());
+        outln!("{report}");
+        outln!("outputs in {}", req.output.display());
         Ok(())
     } else {
-        eprintln!("{report}");
+        errln!("{report}");
         anyhow::bail!("{} of {} inputs failed", report.failures.len(), report.total)
     }
 }
@@ -821,7 +851,7 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
 fn run_synth(args: SynthArgs) -> anyhow::Result<()> {
     let cfg = args.to_config()?;
     let s = fml::synth::generate(&cfg, &args.output)?;
-    println!(
+    outln!(
         "wrote {} images of {} identities from model {} to {} (expressions: {:?}, {:.1} of 68 landmarks visible on average)",
         s.images,
         s.testers,
@@ -848,8 +878,8 @@ fn run_prepare(a: PrepareArgs) -> anyhow::Result<()> {
         ..fml::data::PrepareConfig::default()
     };
     let report = fml::data::prepare(&a.inputs, &a.output, &cfg)?;
-    println!("{report}");
-    println!("wrote {}", a.output.display());
+    outln!("{report}");
+    outln!("wrote {}", a.output.display());
     Ok(())
 }
 
@@ -859,11 +889,11 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             let mut model = fml::face_model::demo::demo_model();
             truncate.apply(&mut model)?;
             model.save(&output)?;
-            println!("{}", model.summary());
-            println!("wrote {}", output.display());
+            outln!("{}", model.summary());
+            outln!("wrote {}", output.display());
             if let Some(mesh) = mesh {
                 model.mean_mesh().save(&mesh)?;
-                println!("wrote {}", mesh.display());
+                outln!("wrote {}", mesh.display());
             }
         }
         ModelCommand::Import(args) => {
@@ -871,16 +901,16 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             let mut model = fml::face_model::import::import_model(args.format(), &args.input, &opts)?;
             args.truncate.apply(&mut model)?;
             model.save(&args.output)?;
-            println!("{}", model.summary());
-            println!("wrote {}", args.output.display());
+            outln!("{}", model.summary());
+            outln!("wrote {}", args.output.display());
             if let Some(mesh) = &args.mesh {
                 model.mean_mesh().save(mesh)?;
-                println!("wrote {}", mesh.display());
+                outln!("wrote {}", mesh.display());
             }
         }
         ModelCommand::Inspect { model } => {
             let m = FaceModel::load(&model)?;
-            println!("{}", m.summary());
+            outln!("{}", m.summary());
         }
     }
     Ok(())
@@ -902,7 +932,7 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         ..EvalConfig::default()
     };
     let report = evaluate_facewarehouse(&a.facewarehouse, &trained, &cfg)?;
-    println!(
+    outln!(
         "FaceWarehouse evaluation of {} on {}: {} meshes evaluated, {} skipped, face region {} mm around the nose tip",
         run.display(),
         a.facewarehouse.display(),
@@ -910,18 +940,18 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         report.skipped.len(),
         cfg.radius_mm
     );
-    print!("{}", report.table());
+    out!("{}", report.table());
     // Which files were skipped and why (all of them are in --json too).
     const SHOWN: usize = 20;
     for s in report.skipped.iter().take(SHOWN) {
-        eprintln!("skipped {}: {}", s.image.display(), s.reason);
+        errln!("skipped {}: {}", s.image.display(), s.reason);
     }
     if report.skipped.len() > SHOWN {
-        eprintln!("... and {} more skipped (see --json)", report.skipped.len() - SHOWN);
+        errln!("... and {} more skipped (see --json)", report.skipped.len() - SHOWN);
     }
     if let Some(path) = &a.json {
         report.save_json(path)?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -939,7 +969,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     use fml::bench;
     let device = fml::train::select_device(&a.device)?;
     let tf32 = apply_tf32(&device, a.tf32);
-    println!(
+    outln!(
         "device: {}{}, {} CPU threads (rayon)",
         bench::device_name(&device),
         if tf32 { " (TF32 matmuls)" } else { "" },
@@ -960,7 +990,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 (fml::infer::load_run(&fml::infer::default_run(), &device)?.net, "checkpoint".to_string())
             }
             (None, None) => {
-                println!("no --checkpoint or --config and no default model: timing the built-in configuration");
+                outln!("no --checkpoint or --config and no default model: timing the built-in configuration");
                 (bench::untrained_net(&fml::config::Config::default(), false, &device)?, "default".to_string())
             }
         };
@@ -977,7 +1007,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             cfg.batches = b.clone();
         }
         let r = bench::bench_infer(&net, &label, &cfg)?;
-        print!("{}", r.table());
+        out!("{}", r.table());
         json.insert("infer".into(), with_tf32(serde_json::to_value(&r)?, tf32));
     }
     if matches!(a.what, BenchWhat::Render | BenchWhat::All) {
@@ -988,12 +1018,9 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let r = bench::bench_render(&device, &cfg)?;
-        println!(
-            "image formation layer, {}x{} images, {} triangles per mesh:",
-            r.image_size, r.image_size, r.triangles
-        );
-        println!("{}", r.line());
-        println!(
+        outln!("image formation layer, {}x{} images, {} triangles per mesh:", r.image_size, r.image_size, r.triangles);
+        outln!("{}", r.line());
+        outln!(
             "memory-traffic floor: {:.1} MB forward, {:.1} MB forward + backward (floor time = bytes / \
              bandwidth, e.g. {:.3} ms at an H100 SXM's 3350 GB/s); achieved {:.2} GB/s",
             r.bytes_floor_fwd as f64 / 1e6,
@@ -1004,13 +1031,14 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         // The reference (candle ops) path on a small size beside the fast path on the same size.
         let small =
             bench::RenderBenchConfig { batch: cfg.batch.min(4), vertices: cfg.vertices.min(2000), ..cfg.clone() };
-        println!(
+        outln!(
             "fast path vs the candle-ops reference (the test oracle) at a small size, {} meshes of {} vertices:",
-            small.batch, small.vertices
+            small.batch,
+            small.vertices
         );
         for backend in [fml::render::Backend::Fast, fml::render::Backend::Reference] {
             let r = bench::bench_render(&device, &bench::RenderBenchConfig { backend, ..small.clone() })?;
-            println!("{}", r.line());
+            outln!("{}", r.line());
         }
         json.insert("render".into(), with_tf32(serde_json::to_value(&r)?, tf32));
     }
@@ -1023,12 +1051,12 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         cfg.train.tf32 = tf32;
         let tb = bench::TrainBenchConfig { stage: a.stage, batch: a.batch, steps: a.steps, warmup: a.warmup };
         let r = bench::bench_train(&cfg, &label, &device, &tb)?;
-        println!("{}", r.line());
+        outln!("{}", r.line());
         json.insert("train".into(), with_tf32(serde_json::to_value(&r)?, tf32));
     }
     if matches!(a.what, BenchWhat::Loader | BenchWhat::All) {
         let r = bench::bench_loader(a.data.as_deref(), a.batch.unwrap_or(32), a.size, 512)?;
-        println!("{}", r.line());
+        outln!("{}", r.line());
         json.insert("loader".into(), with_tf32(serde_json::to_value(&r)?, tf32));
     }
     if let Some(path) = &a.json {
@@ -1038,7 +1066,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             json.into_iter().next().map(|(_, v)| v).unwrap_or(serde_json::Value::Null)
         };
         fml::io::write_atomic_bytes(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }

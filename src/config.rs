@@ -418,7 +418,13 @@ impl Config {
         }
         let p = &self.params;
         if !(positive(p.rotation) && p.translation.iter().all(|&t| positive(t)) && positive(p.light)) {
-            return bad(format!("params scales must be positive numbers (got {p:?})"));
+            return bad(format!(
+                "params.rotation, params.translation and params.light must be positive numbers (got {} / {:?} / {})",
+                p.rotation, p.translation, p.light
+            ));
+        }
+        if self.model.path.trim().is_empty() {
+            return bad("model.path is empty: give a model file or \"demo\"".into());
         }
         let k = &self.correctives;
         if !(k.scale.iter().all(|&x| positive(x))
@@ -435,10 +441,10 @@ impl Config {
                 self.encoder.conv.len()
             ));
         }
-        for (i, &[out, kernel, _, _, pool]) in self.encoder.conv.iter().enumerate() {
-            if out == 0 || kernel == 0 || pool > 1 {
+        for (i, &[out, kernel, stride, _, pool]) in self.encoder.conv.iter().enumerate() {
+            if out == 0 || kernel == 0 || stride == 0 || pool > 1 {
                 return bad(format!(
-                    "encoder.conv[{i}] = {:?}: channels and kernel must be positive and the pool flag 0 or 1",
+                    "encoder.conv[{i}] = {:?}: channels, kernel and stride must be positive and the pool flag 0 or 1",
                     self.encoder.conv[i]
                 ));
             }

@@ -37,28 +37,43 @@ pub struct DemoReport {
     pub run: PathBuf,
 }
 
+/// Remove the files a previous demo's synth wrote into `dir` (`NNNNNN.{png,pts,obj,json}` and
+/// `synth.json`, present only for a complete set); refuse a folder holding anything else.
+fn clear_previous_faces(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let ours = |name: &str| {
+        name == "synth.json"
+            || name.split_once('.').is_some_and(|(stem, ext)| {
+                stem.len() == 6
+                    && stem.bytes().all(|b| b.is_ascii_digit())
+                    && matches!(ext, "png" | "pts" | "obj" | "json")
+            })
+    };
+    let names: Vec<String> =
+        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let foreign: Vec<&String> = names.iter().filter(|n| !ours(n)).collect();
+    if !foreign.is_empty() || (!names.is_empty() && !dir.join("synth.json").is_file()) {
+        return Err(Error::invalid(format!(
+            "{}: holds files the demo did not write ({}); choose another -o",
+            dir.display(),
+            foreign.first().map_or("an incomplete set".to_string(), |n| n.to_string())
+        )));
+    }
+    for n in &names {
+        let p = dir.join(n);
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
 /// Run the demo into `out` with the network in `run` (the built-in default when `None`) on
 /// `faces` synthetic faces (at least 1).
 pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64, faces: usize) -> Result<DemoReport> {
     if faces == 0 {
         return Err(Error::invalid("the demo needs at least one face"));
     }
+    // The network first: a run that cannot be scored here fails before anything is written.
     let model = crate::face_model::demo::demo_model();
-    crate::io::create_dir(out)?;
-    let model_path = out.join("demo_model.safetensors");
-    model.save(&model_path)?;
-
-    // Synthetic faces with ground truth.
-    let synth_dir = out.join("input");
-    // A previous demo's faces (a complete synth set, marked by its synth.json) are replaced;
-    // anything else there is left alone and synth refuses the folder.
-    if synth_dir.join("synth.json").is_file() {
-        std::fs::remove_dir_all(&synth_dir).map_err(|e| Error::io(&synth_dir, e))?;
-    }
-    let cfg = crate::synth::SynthConfig { count: faces, seed, size: 256, progress: false, ..Default::default() };
-    crate::synth::generate(&cfg, &synth_dir)?;
-
-    // Reconstruct with the shipped network.
     let run = crate::infer::resolve_run(run)?;
     let trained = load_run(&run, &Device::Cpu)?;
     // The ground truth has the demo model's topology and the error is measured vertex by vertex:
@@ -73,6 +88,17 @@ pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64, faces: usize) -> Resu
             theirs.num_vertices()
         )));
     }
+
+    // Synthetic faces with ground truth, in `input/`: a previous demo's faces there are replaced,
+    // anything else is left alone and refused.
+    let synth_dir = out.join("input");
+    clear_previous_faces(&synth_dir)?;
+    crate::io::create_dir(out)?;
+    let model_path = out.join("demo_model.safetensors");
+    model.save(&model_path)?;
+    let cfg = crate::synth::SynthConfig { count: faces, seed, size: 256, progress: false, ..Default::default() };
+    crate::synth::generate(&cfg, &synth_dir)?;
+
     let opts = ReconstructOptions { overlay: Some(OverlayConfig::default()), ..Default::default() };
     let rec = Reconstructor::new(trained, opts)?;
     let ecfg = EvalConfig { progress: false, ..Default::default() };

@@ -1,5 +1,6 @@
 //! The `fml` command-line program: parses arguments and reports errors with their cause chain.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 mod cli;
@@ -18,11 +19,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // Print the full cause chain, skipping causes already quoted by their parent.
             let mut shown = e.to_string();
-            eprintln!("error: {shown}");
+            let _ = writeln!(std::io::stderr(), "error: {shown}");
             for cause in e.chain().skip(1) {
                 let text = cause.to_string();
                 if !shown.contains(&text) {
-                    eprintln!("  caused by: {text}");
+                    let _ = writeln!(std::io::stderr(), "  caused by: {text}");
                 }
                 shown = text;
             }

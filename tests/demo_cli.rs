@@ -46,6 +46,17 @@ fn demo_runs_with_the_shipped_network() {
         .assert()
         .success();
     assert!(out.join("input/000001.obj").is_file() && !out.join("input/000003.obj").exists());
+    // A file the demo did not write is never deleted: the demo refuses the folder instead.
+    std::fs::write(out.join("input/mine.txt"), "keep").unwrap();
+    Command::cargo_bin("fml")
+        .unwrap()
+        .env_remove("FML_DEFAULT_MODEL")
+        .args(["demo", "--faces", "2", "-o"])
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(contains("mine.txt"));
+    assert_eq!(std::fs::read_to_string(out.join("input/mine.txt")).unwrap(), "keep");
 
     Command::cargo_bin("fml")
         .unwrap()

@@ -31,6 +31,7 @@ fn fresh_run(dir: &Path, correctives: bool) -> PathBuf {
         num_vertices: model.num_vertices(),
         num_outputs: net.layout.num_outputs(),
         correctives: net.layout.correctives,
+        modes: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     checkpoint::save(&dir.join(checkpoint::FILE), &varmap, &[], &meta).unwrap();

@@ -68,3 +68,29 @@ fn the_shared_ict_model_loads_as_it_is() {
     let a = &m.mean_albedo[i * 3..i * 3 + 3];
     assert!(a[0] > a[1] && a[1] > a[2], "{a:?}");
 }
+
+/// `fml model inspect ... | head -1` and the like: a reader that stops early is not a crash (the
+/// std print macros panic on a closed pipe; Rust ignores SIGPIPE).
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    use std::os::fd::FromRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("demo.safetensors");
+    fml::face_model::demo::demo_model().save(&m).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two fresh descriptors; the read end is closed at once and the write
+    // end is owned by the Stdio from then on.
+    let stdout = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        std::process::Stdio::from_raw_fd(fds[1])
+    };
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("fml"))
+        .args(["model", "inspect"])
+        .arg(&m)
+        .stdout(stdout)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}

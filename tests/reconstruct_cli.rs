@@ -66,6 +66,7 @@ fn make_run_with(
         num_vertices: model.num_vertices(),
         num_outputs: net.layout.num_outputs(),
         correctives,
+        modes: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.toml"), cfg.to_toml()).unwrap();

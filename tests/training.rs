@@ -189,7 +189,7 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     let mut fewer = cfg.clone();
     fewer.model.shape_modes = Some(5);
     let e = err(run(&fewer, Stage::Finetune { from: a.clone() }, &d.join("n"), false, None));
-    assert!(e.contains("base-level parameters"), "{e}");
+    assert!(e.contains("pretrained for [40, 16, 12] identity / expression / reflectance modes"), "{e}");
     assert!(!d.join("n").exists());
 
     // --resume continues the same run: only its length (and where it runs) may change.
@@ -227,13 +227,55 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     fml::checkpoint::save(&m.join(fml::checkpoint::FILE), &varmap, &[], &ck.meta).unwrap();
     let e = fml::infer::load_run(&m, &Device::Cpu).map(|_| ()).expect_err("must fail").to_string();
     assert!(e.contains("encoder.head.bias") && e.contains("checkpoint.safetensors"), "{e}");
+    let e = err(run(&cfg, Stage::Finetune { from: m.clone() }, &d.join("n"), false, None));
+    assert!(e.contains("missing tensor") && e.contains("encoder.head.bias"), "{e}");
+    // So is one of another dtype (the optimiser state included).
+    let f16 = VarMap::new();
+    let t = candle_core::Tensor::zeros(3, candle_core::DType::F16, &Device::Cpu).unwrap();
+    f16.data().lock().unwrap().insert("adadelta.sq_grad.x".into(), candle_core::Var::from_tensor(&t).unwrap());
+    fml::checkpoint::save(&d.join("f16.safetensors"), &f16, &[], &ck.meta).unwrap();
+    let e = fml::checkpoint::load(&d.join("f16.safetensors"), &Device::Cpu).map(|_| ()).expect_err("F16").to_string();
+    assert!(e.contains("adadelta.sq_grad.x is F16"), "{e}");
+
+    // Finetuning starts from a pretraining run of the same base model, mode by mode (equal
+    // totals are not enough: 5 identity + 16 expression modes vs 16 + 5).
+    let mut swap_a = cfg.clone();
+    (swap_a.model.shape_modes, swap_a.model.expr_modes) = (Some(5), Some(16));
+    let mut swap_b = cfg.clone();
+    (swap_b.model.shape_modes, swap_b.model.expr_modes) = (Some(16), Some(5));
+    run(&swap_a, Stage::Pretrain, &d.join("p5"), false, None).unwrap();
+    let e = err(run(&swap_b, Stage::Finetune { from: d.join("p5") }, &d.join("n"), false, None));
+    assert!(e.contains("[5, 16, ") && e.contains("[16, 5, "), "{e}");
+    let f = d.join("f");
+    run(&cfg, Stage::Finetune { from: a.clone() }, &f, false, None).unwrap();
+    let e = err(run(&cfg, Stage::Finetune { from: f.clone() }, &d.join("n"), false, None));
+    assert!(e.contains("--from takes a pretraining run"), "{e}");
+    assert!(!d.join("n").exists());
+
+    // Export replaces an earlier export, never a training run (its optimiser state would be lost).
+    let e1 = d.join("e1");
+    fml::infer::export(&a, &e1).unwrap();
+    fml::infer::export(&f, &e1).unwrap();
+    let e = fml::infer::export(&f, &a).map(|_| ()).expect_err("over a run").to_string();
+    assert!(e.contains("holds a training run"), "{e}");
+    fml::checkpoint::load(&a.join(fml::checkpoint::FILE), &Device::Cpu).unwrap().tensors["adadelta.sq_grad.encoder.head.bias"]
+        .dims1()
+        .unwrap();
 }
 
-/// Ctrl-C (SIGINT) to `fml train`: the step in flight finishes, a checkpoint of exactly the
+/// Ctrl-C (SIGINT) or SIGTERM to `fml train`: the step in flight finishes, a checkpoint of exactly the
 /// logged steps is written, the exit says how to continue, and `--resume` does.
 #[cfg(unix)]
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
+    // SIGTERM (what job schedulers send before they kill) is handled like Ctrl-C.
+    for signal in ["-INT", "-TERM"] {
+        stop_and_resume(signal);
+    }
+}
+
+#[cfg(unix)]
+fn stop_and_resume(signal: &str) {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -246,6 +288,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
     let fml = assert_cmd::cargo::cargo_bin("fml");
     let child = std::process::Command::new(&fml)
         .args(["train", "-q", "-c"])
+        .stdout(std::process::Stdio::null())
         .arg(&config)
         .arg("-o")
         .arg(&out)
@@ -257,7 +300,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
         assert!(start.elapsed() < Duration::from_secs(120), "no training steps logged");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -274,6 +317,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_continues() {
         .arg(&config)
         .arg("-o")
         .arg(&out)
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap()
         .success()

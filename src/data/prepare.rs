@@ -379,6 +379,11 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
         "outside_tolerance": cfg.outside_tolerance,
         "land_y_up": cfg.land_y_up,
     });
+    // The output's folder first: a path that cannot be written fails before any face is read.
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::io::create_dir(parent)?;
+    }
+    let n_candidates = candidates.len();
     let pb = crate::progress::Progress::new("prepare", "faces", candidates.len(), cfg.progress);
     let chunk = cfg.chunk.max(1);
     let mut skips: Vec<(SkipReason, String)> = Vec::new();
@@ -414,6 +419,8 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
     });
     let written = write_dataset(output, cfg.crop.size, info, records);
     pb.finish();
+    // Every face skipped (not a write that failed part-way, which keeps its own error).
+    let all_skipped = skips.len() == n_candidates;
     for (reason, msg) in skips {
         report.skip(reason, msg);
     }
@@ -421,7 +428,7 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
     report.val = n_val;
     match written {
         Ok(_) => Ok(report),
-        Err(Error::Invalid(_)) if n_train + n_val == 0 => {
+        Err(Error::Invalid(_)) if n_train + n_val == 0 && all_skipped => {
             Err(Error::invalid(format!("no usable faces in {}: nothing was written\n{report}", names(inputs))))
         }
         Err(e) => Err(e),

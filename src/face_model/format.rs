@@ -23,6 +23,13 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<FaceModel> {
     let (_, header) =
         SafeTensors::read_metadata(bytes).map_err(|e| Error::format(path, format!("bad safetensors header: {e}")))?;
     let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    // A training checkpoint is a safetensors file too; say so rather than list what it lacks.
+    if metadata.contains_key(crate::checkpoint::META_KEY) {
+        return Err(Error::format(
+            path,
+            "an fml training checkpoint, not a face model (a run's model is named by model.path in its config.toml)",
+        ));
+    }
 
     let mean_shape = floats(&st, path, "mean_shape", None)?;
     if mean_shape.1.len() != 2 || mean_shape.1[1] != 3 {

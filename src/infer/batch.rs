@@ -177,6 +177,8 @@ pub fn plan(req: &Request) -> Result<Plan> {
             images.extend(found.into_iter().map(|p| (relative_name(input, &p), p)));
         } else if is_list(input) {
             match read_list(input) {
+                Ok(list) if list.is_empty() => failures
+                    .push(Failure { input: input.display().to_string(), error: "no images in this list".into() }),
                 Ok(list) => images.extend(list.into_iter().map(|p| (stem(&p), p))),
                 Err(e) => failures.push(Failure { input: input.display().to_string(), error: e.to_string() }),
             }

@@ -42,7 +42,7 @@ pub const DEFAULT_MODEL_ENV: &str = "FML_DEFAULT_MODEL";
 /// The run directory of the built-in default model: `$FML_DEFAULT_MODEL`, else `data/default`
 /// in the source tree this binary was built from.
 pub fn default_run() -> PathBuf {
-    match std::env::var_os(DEFAULT_MODEL_ENV) {
+    match std::env::var_os(DEFAULT_MODEL_ENV).filter(|p| !p.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join("default"),
     }
@@ -160,6 +160,17 @@ pub fn export(run: &Path, out: &Path) -> Result<PathBuf> {
             "{}: exporting a run onto itself would drop its optimiser state; choose another -o",
             out.display()
         )));
+    }
+    // An earlier export (weights only) may be replaced; a training run (with optimiser state,
+    // resumable) may not: its state would be lost.
+    if target.exists() {
+        let existing = checkpoint::load(&target, &Device::Cpu)?;
+        if existing.tensors.keys().any(|k| !k.starts_with(encoder::PREFIX) && !k.starts_with("correctives.")) {
+            return Err(Error::invalid(format!(
+                "{} holds a training run (with optimiser state); exporting over it would lose that: choose another -o",
+                out.display()
+            )));
+        }
     }
     let ck = checkpoint::load(&ckpt_path, &Device::Cpu)?;
     let varmap = VarMap::new();

@@ -622,6 +622,7 @@ mod tests {
             num_vertices: model.num_vertices(),
             num_outputs: net.layout.num_outputs(),
             correctives,
+            modes: None,
         };
         std::fs::write(dir.join("config.toml"), cfg.to_toml()).unwrap();
         checkpoint::save(&dir.join(checkpoint::FILE), &varmap, &[], &meta).unwrap();

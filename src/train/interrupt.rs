@@ -1,5 +1,6 @@
-//! Ctrl-C during training: the first SIGINT asks the loop to stop after the step in flight and
-//! write a checkpoint (so `--resume` loses nothing); a second one exits at once.
+//! Ctrl-C during training: the first SIGINT (or SIGTERM, what job schedulers send before they
+//! kill) asks the loop to stop after the step in flight and write a checkpoint (so `--resume`
+//! loses nothing); a second one exits at once.
 //!
 //! The flag is process-wide, so only the command-line program installs the handler; library
 //! users (and tests, which train in parallel threads) never see it set.
@@ -19,7 +20,7 @@ pub fn request_stop() {
 }
 
 #[cfg(unix)]
-extern "C" fn on_sigint(_: libc::c_int) {
+extern "C" fn on_signal(_: libc::c_int) {
     // Only async-signal-safe calls here: an atomic swap, write(2) and _exit(2).
     if STOP.swap(true, Ordering::Relaxed) {
         // SAFETY: _exit is async-signal-safe; 130 = 128 + SIGINT, the shell's convention.
@@ -30,12 +31,13 @@ extern "C" fn on_sigint(_: libc::c_int) {
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
 }
 
-/// Route SIGINT to [`request_stop`] (Unix; elsewhere Ctrl-C keeps its default and a run resumes
-/// from its last periodic checkpoint).
-pub fn install_sigint_handler() {
+/// Route SIGINT and SIGTERM to [`request_stop`] (Unix; elsewhere Ctrl-C keeps its default and a
+/// run resumes from its last periodic checkpoint).
+pub fn install_signal_handlers() {
     #[cfg(unix)]
     // SAFETY: the handler only touches an atomic and calls async-signal-safe functions.
     unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
 }

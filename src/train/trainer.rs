@@ -97,7 +97,7 @@ pub fn select_device(name: &str) -> Result<Device> {
         // Not candle's `cuda_if_available`: that only asks whether the build has CUDA, so a CUDA
         // build on a machine without a GPU (or driver) failed every default command.
         "auto" if cfg!(feature = "cuda") => Ok(open_cuda().unwrap_or_else(|e| {
-            eprintln!("note: device auto: {e}; running on the CPU");
+            let _ = writeln!(std::io::stderr(), "note: device auto: {e}; running on the CPU");
             Device::Cpu
         })),
         "auto" => Ok(Device::Cpu),
@@ -233,15 +233,22 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let device = select_device(&cfg.train.device)?;
     // Set (or reset) on every run: candle's flag is process-wide and outlives a previous run.
     if !crate::kernel::set_tf32(&device, cfg.train.tf32) && cfg.train.tf32 {
-        eprintln!("{}", crate::kernel::TF32_CPU_NOTE);
+        let _ = writeln!(std::io::stderr(), "{}", crate::kernel::TF32_CPU_NOTE);
     }
-    let face_model = load_face_model(&cfg.model)?;
+    let face_model = load_face_model(&cfg.model).map_err(|e| match e {
+        Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => Error::invalid(format!(
+            "model.path = {}: not found (relative paths are read from the working directory)",
+            path.display()
+        )),
+        e => e,
+    })?;
     // The run directory is created only once every input has been checked (below), so a run
     // that cannot start leaves nothing behind.
     let ckpt_path = opts.out.join(checkpoint::FILE);
 
     let varmap = VarMap::new();
     let mut resumed: Option<checkpoint::Checkpoint> = None;
+    let mut from_ck: Option<checkpoint::Checkpoint> = None;
     if opts.resume {
         if !ckpt_path.exists() {
             return Err(Error::invalid(format!(
@@ -258,9 +265,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 .collect();
             if !changed.is_empty() {
                 return Err(Error::invalid(format!(
-                    "--resume would not continue the same run: {} differ from {} (resume with --config {} \
+                    "--resume would not continue the same run: {} {} from {} (resume with --config {} \
                      and --steps to extend it)",
                     changed.join(", "),
+                    if changed.len() == 1 { "differs" } else { "differ" },
                     ran.display(),
                     ran.display()
                 )));
@@ -287,6 +295,27 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         if let Stage::Finetune { from } = &opts.stage {
             let src = if from.is_dir() { from.join(checkpoint::FILE) } else { from.clone() };
             let ck = checkpoint::load(&src, &device)?;
+            if ck.meta.stage != Stage::Pretrain.name() {
+                // Its corrective bases would not come along (finetuning starts them at zero), while
+                // the head's corrective rows would: an inconsistent start.
+                return Err(Error::format(
+                    &src,
+                    format!(
+                        "a {} checkpoint: --from takes a pretraining run (continue this one with --resume)",
+                        ck.meta.stage
+                    ),
+                ));
+            }
+            let ours = [face_model.num_shape(), face_model.num_expr(), face_model.num_albedo()];
+            if let Some(theirs) = ck.meta.modes.filter(|m| *m != ours) {
+                return Err(Error::format(
+                    &src,
+                    format!(
+                        "pretrained for {theirs:?} identity / expression / reflectance modes; this config's model \
+                         has {ours:?} (use the pretraining run's face model and mode counts)"
+                    ),
+                ));
+            }
             if ck.meta.num_vertices != face_model.num_vertices() {
                 return Err(Error::invalid(format!(
                     "{} was trained on a model with {} vertices; this config's model has {}",
@@ -310,6 +339,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                 )));
             }
             checkpoint::restore_vars(&ck, &varmap, &[encoder::PREFIX])?;
+            from_ck = Some(ck);
         }
     }
     // Grow a pretrained head to the finetuning layout before the encoder is built over it.
@@ -341,6 +371,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     })?;
     if let Some(ck) = &resumed {
         checkpoint::check_complete(ck, &varmap, &[encoder::PREFIX, "correctives."])?;
+    }
+    if let Some(ck) = &from_ck {
+        checkpoint::check_complete(ck, &varmap, &[encoder::PREFIX])?;
     }
     let objective = Objective::new(&net, &cfg.loss, cfg.train.seed)?;
 
@@ -403,6 +436,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         num_vertices: face_model.num_vertices(),
         num_outputs: net.layout.num_outputs(),
         correctives: net.layout.correctives,
+        modes: Some([face_model.num_shape(), face_model.num_expr(), face_model.num_albedo()]),
     };
     let save = |step: u64, pos: Position, opt: &AdaDelta| {
         checkpoint::save(&ckpt_path, &varmap, &opt.state(), &meta_at(step, pos))
@@ -477,7 +511,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             writeln!(log, "{line}").map_err(|e| Error::io(opts.out.join("log.jsonl"), e))?;
             validation = Some(v);
         }
-        if super::interrupt::stop_requested() {
+        if super::interrupt::stop_requested() && step < target {
             interrupted = true;
             break;
         }
