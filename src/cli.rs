@@ -806,6 +806,11 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
     use fml::infer::{Extra, OverlayConfig, ReconstructOptions, Reconstructor};
     let req = a.request();
     let plan = fml::infer::batch::plan(&req)?;
+    // The output folder before any work: a path that cannot be written fails now, not per image.
+    let out_dir = if plan.single { req.output.parent().map(PathBuf::from) } else { Some(req.output.clone()) };
+    if let Some(d) = out_dir.filter(|d| !d.as_os_str().is_empty()) {
+        fml::io::create_dir(&d)?;
+    }
     // Without landmarks or a box the whole image is taken as the face crop: right for ready
     // crops, wrong for a photograph, so say so (--whole asks for it and silences this).
     let whole = plan.items.iter().filter(|i| i.input.crop == fml::infer::reconstruct::CropSpec::Whole).count();
@@ -883,9 +888,21 @@ fn run_prepare(a: PrepareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `--mesh` output is checked before the model work: its format comes from the extension.
+fn check_mesh_path(mesh: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(m) = mesh {
+        let ext = m.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        if ext != "obj" && ext != "ply" {
+            anyhow::bail!("{}: the mesh is written as OBJ or PLY by extension (.obj, .ply)", m.display());
+        }
+    }
+    Ok(())
+}
+
 fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Demo { output, mesh, truncate } => {
+            check_mesh_path(mesh.as_deref())?;
             let mut model = fml::face_model::demo::demo_model();
             truncate.apply(&mut model)?;
             model.save(&output)?;
@@ -897,6 +914,7 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             }
         }
         ModelCommand::Import(args) => {
+            check_mesh_path(args.mesh.as_deref())?;
             let opts = args.options()?;
             let mut model = fml::face_model::import::import_model(args.format(), &args.input, &opts)?;
             args.truncate.apply(&mut model)?;
@@ -918,6 +936,10 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
 
 fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     a.land_map.apply()?;
+    // The --json folder before the evaluation, not after it.
+    if let Some(parent) = a.json.as_deref().and_then(|j| j.parent()).filter(|p| !p.as_os_str().is_empty()) {
+        fml::io::create_dir(parent)?;
+    }
     use fml::infer::eval::{EvalConfig, evaluate_facewarehouse};
     let device = fml::train::select_device(&a.device)?;
     apply_tf32(&device, a.tf32);
