@@ -401,7 +401,8 @@ pub struct TrainArgs {
 pub struct FinetuneArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// The pretraining run (its directory or checkpoint file).
+    /// The pretraining run (its directory or checkpoint file). With --resume the run continues
+    /// from its own checkpoint and this is not read.
     #[arg(long)]
     pub from: PathBuf,
 }
