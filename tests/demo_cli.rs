@@ -12,18 +12,21 @@ fn row(stdout: &str, label: &str) -> (f64, f64) {
     (nums[0], nums[1])
 }
 
+/// `fml demo --faces N -o OUT` with the shipped network (not one named by the environment).
+fn demo(out: &std::path::Path, faces: &str) -> assert_cmd::assert::Assert {
+    Command::cargo_bin("fml")
+        .unwrap()
+        .env_remove("FML_DEFAULT_MODEL")
+        .args(["demo", "--faces", faces, "-o"])
+        .arg(out)
+        .assert()
+}
+
 #[test]
 fn demo_runs_with_the_shipped_network() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let a = Command::cargo_bin("fml")
-        .unwrap()
-        .env_remove("FML_DEFAULT_MODEL")
-        .args(["demo", "--faces", "4", "-o"])
-        .arg(&out)
-        .assert()
-        .success()
-        .stdout(contains("NOT a real face"));
+    let a = demo(&out, "4").success().stdout(contains("NOT a real face"));
     let stdout = String::from_utf8(a.get_output().stdout.clone()).unwrap();
     for f in ["reconstruction.obj", "overlay.png", "parameters.json", "input/000000.png", "input/000003.obj"] {
         assert!(out.join(f).is_file(), "{f} missing:\n{stdout}");
@@ -38,31 +41,12 @@ fn demo_runs_with_the_shipped_network() {
     assert!(base_p.is_finite() && base_p < 5.0, "{stdout}");
 
     // A rerun replaces the previous demo's faces instead of leaving stale ones beside new ones.
-    Command::cargo_bin("fml")
-        .unwrap()
-        .env_remove("FML_DEFAULT_MODEL")
-        .args(["demo", "--faces", "2", "-o"])
-        .arg(&out)
-        .assert()
-        .success();
+    demo(&out, "2").success();
     assert!(out.join("input/000001.obj").is_file() && !out.join("input/000003.obj").exists());
     // A file the demo did not write is never deleted: the demo refuses the folder instead.
     std::fs::write(out.join("input/mine.txt"), "keep").unwrap();
-    Command::cargo_bin("fml")
-        .unwrap()
-        .env_remove("FML_DEFAULT_MODEL")
-        .args(["demo", "--faces", "2", "-o"])
-        .arg(&out)
-        .assert()
-        .failure()
-        .stderr(contains("mine.txt"));
+    demo(&out, "2").failure().stderr(contains("mine.txt"));
     assert_eq!(std::fs::read_to_string(out.join("input/mine.txt")).unwrap(), "keep");
 
-    Command::cargo_bin("fml")
-        .unwrap()
-        .args(["demo", "--faces", "0", "-o"])
-        .arg(&out)
-        .assert()
-        .failure()
-        .stderr(contains("at least one face"));
+    demo(&out, "0").failure().stderr(contains("at least one face"));
 }
