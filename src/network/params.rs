@@ -40,7 +40,7 @@ pub struct Params {
 }
 
 /// Number of SH, rotation and translation outputs.
-const FIXED: usize = sh::NUM_COEFFS + 3 + 3;
+pub const FIXED: usize = sh::NUM_COEFFS + 3 + 3;
 
 impl ParamLayout {
     /// Total number of encoder outputs: K_s + K_e + K_r + 27 + 3 + 3 + 2C

@@ -204,10 +204,9 @@ fn json_terms(terms: &[(String, f64)]) -> serde_json::Value {
     serde_json::Value::Object(terms.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect())
 }
 
-/// Number of base-level outputs (everything but the corrective coefficients) for `cfg`'s model.
-fn base_outputs(face_model: &FaceModel, cfg: &Config) -> Result<usize> {
-    let probe = FaceNet::new(face_model, cfg, false, cfg.train.backend, &VarMap::new(), &Device::Cpu)?;
-    Ok(probe.layout.num_outputs())
+/// Number of base-level outputs (everything but the corrective coefficients) for a model.
+fn base_outputs(face_model: &FaceModel) -> usize {
+    face_model.num_shape() + face_model.num_expr() + face_model.num_albedo() + crate::network::params::FIXED
 }
 
 /// Run (or resume) a training stage.
@@ -327,7 +326,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             // The head is grown by appending corrective rows, so the base outputs must be the
             // same ones: a run with other mode counts would have its expression, reflectance and
             // pose outputs read as other coefficients.
-            let base = base_outputs(&face_model, cfg)?;
+            let base = base_outputs(&face_model);
             let pretrained_base = ck.meta.num_outputs.saturating_sub(2 * ck.meta.correctives);
             if pretrained_base != base {
                 return Err(Error::invalid(format!(
@@ -343,7 +342,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         }
     }
     // Grow a pretrained head to the finetuning layout before the encoder is built over it.
-    let rows = base_outputs(&face_model, cfg)? + if correctives { 2 * cfg.correctives.count } else { 0 };
+    let rows = base_outputs(&face_model) + if correctives { 2 * cfg.correctives.count } else { 0 };
     {
         let mut data = varmap.data().lock().expect("varmap lock");
         for name in [format!("{}.head.weight", encoder::PREFIX), format!("{}.head.bias", encoder::PREFIX)] {
@@ -356,13 +355,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         }
     }
     // Restored weights whose shapes the config's encoder does not have: name their file.
-    let restored_from = match (&resumed, &opts.stage) {
-        (Some(ck), _) => Some(ck.path.clone()),
-        (None, Stage::Finetune { from }) => {
-            Some(if from.is_dir() { from.join(checkpoint::FILE) } else { from.clone() })
-        }
-        (None, Stage::Pretrain) => None,
-    };
+    let restored_from = resumed.as_ref().or(from_ck.as_ref()).map(|ck| ck.path.clone());
     let net = FaceNet::new(&face_model, cfg, correctives, cfg.train.backend, &varmap, &device).map_err(|e| {
         match &restored_from {
             Some(p) => Error::format(p, format!("does not fit this config's network: {e}")),
