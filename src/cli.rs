@@ -889,21 +889,12 @@ fn run_prepare(a: PrepareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A `--mesh` output is checked before the model work: its format comes from the extension.
-fn check_mesh_path(mesh: Option<&std::path::Path>) -> anyhow::Result<()> {
-    if let Some(m) = mesh {
-        let ext = m.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-        if ext != "obj" && ext != "ply" {
-            anyhow::bail!("{}: the mesh is written as OBJ or PLY by extension (.obj, .ply)", m.display());
-        }
-    }
-    Ok(())
-}
-
 fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Demo { output, mesh, truncate } => {
-            check_mesh_path(mesh.as_deref())?;
+            if let Some(m) = &mesh {
+                fml::io::mesh::check_save_path(m)?; // before the model work
+            }
             let mut model = fml::face_model::demo::demo_model();
             truncate.apply(&mut model)?;
             model.save(&output)?;
@@ -915,7 +906,9 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             }
         }
         ModelCommand::Import(args) => {
-            check_mesh_path(args.mesh.as_deref())?;
+            if let Some(m) = &args.mesh {
+                fml::io::mesh::check_save_path(m)?; // before the model work
+            }
             let opts = args.options()?;
             let mut model = fml::face_model::import::import_model(args.format(), &args.input, &opts)?;
             args.truncate.apply(&mut model)?;

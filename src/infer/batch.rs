@@ -206,14 +206,8 @@ pub fn plan(req: &Request) -> Result<Plan> {
 
     let mut items = Vec::new();
     if single {
-        let ext = req.output.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-        if ext != "obj" && ext != "ply" {
-            return Err(Error::invalid(format!(
-                "{}: the mesh is written as OBJ or PLY by extension (.obj, .ply); for a directory of outputs end \
-                 the path with /",
-                req.output.display()
-            )));
-        }
+        crate::io::mesh::check_save_path(&req.output)
+            .map_err(|e| Error::invalid(format!("{e}; for a directory of outputs end the path with /")))?;
         let beside = |suffix: &str| req.output.with_file_name(format!("{}{suffix}", stem(&req.output)));
         let extra = |x: &Extra, suffix: &str| match x {
             Extra::Off => None,

@@ -33,13 +33,8 @@ impl Mesh {
     /// Write OBJ or PLY, chosen by the extension of `path` (`.obj`, `.ply`), atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        match extension(path).as_str() {
-            "obj" => self.save_obj(path),
-            "ply" => self.save_ply(path),
-            other => {
-                Err(Error::invalid(format!("{}: unknown mesh extension {other:?} (use .obj or .ply)", path.display())))
-            }
-        }
+        check_save_path(path)?;
+        if extension(path) == "obj" { self.save_obj(path) } else { self.save_ply(path) }
     }
 
     /// OBJ with `v x y z r g b` lines when colours are present (read by MeshLab and Blender).
@@ -157,6 +152,17 @@ impl Mesh {
             mesh.colors = Some(colors);
         }
         Ok(mesh)
+    }
+}
+
+/// Whether [`Mesh::save`] can write `path` (its extension picks OBJ or PLY): for commands that
+/// check their outputs before the work.
+pub fn check_save_path(path: &Path) -> Result<()> {
+    match extension(path).as_str() {
+        "obj" | "ply" => Ok(()),
+        other => {
+            Err(Error::invalid(format!("{}: unknown mesh extension {other:?} (use .obj or .ply)", path.display())))
+        }
     }
 }
 
