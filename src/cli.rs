@@ -94,6 +94,11 @@ pub struct EvalArgs {
     /// Trained run (directory or checkpoint file) [default: the built-in default model].
     #[arg(long, value_name = "RUN")]
     pub checkpoint: Option<PathBuf>,
+    /// Take the base-level numbers from this run, e.g. the pretraining run the finetuned
+    /// --checkpoint started from: the paper's Table 1 compares the final level with the base
+    /// level of the pretrained network (Sec. 7). Default: the checkpoint's own base level.
+    #[arg(long, value_name = "RUN")]
+    pub base_checkpoint: Option<PathBuf>,
     /// Also write the summary and per-mesh numbers as JSON.
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
@@ -947,7 +952,11 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         icp: fml::eval::IcpConfig { max_iterations: a.icp_iterations, ..Default::default() },
         ..EvalConfig::default()
     };
-    let report = evaluate_facewarehouse(&a.facewarehouse, &trained, &cfg)?;
+    let base_from = match &a.base_checkpoint {
+        Some(b) => Some(fml::infer::load_run(b, &device)?),
+        None => None,
+    };
+    let report = evaluate_facewarehouse(&a.facewarehouse, &trained, base_from.as_ref(), &cfg)?;
     outln!(
         "FaceWarehouse evaluation of {} on {}: {} meshes evaluated, {} skipped, face region {} mm around the nose tip",
         run.display(),

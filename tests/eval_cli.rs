@@ -18,10 +18,22 @@ fn tiny_config() -> Config {
 /// A run directory (config.toml + checkpoint) holding an untrained network, with or without the
 /// corrective level.
 fn fresh_run(dir: &Path, correctives: bool) -> PathBuf {
-    let cfg = tiny_config();
+    fresh_run_with(dir, correctives, tiny_config(), 0.0)
+}
+
+/// [`fresh_run`] with a given config, the first identity output's bias set to `shape0` (a
+/// network whose base level is not the mean face).
+fn fresh_run_with(dir: &Path, correctives: bool, cfg: Config, shape0: f32) -> PathBuf {
     let model = fml::face_model::demo::demo_model();
     let varmap = VarMap::new();
     let net = FaceNet::new(&model, &cfg, correctives, Backend::Fast, &varmap, &Device::Cpu).unwrap();
+    if shape0 != 0.0 {
+        let data = varmap.data().lock().unwrap();
+        let bias = &data["encoder.head.bias"];
+        let mut b = bias.as_tensor().to_vec1::<f32>().unwrap();
+        b[0] = shape0; // z_shape[0]: the layout's first output
+        bias.set(&candle_core::Tensor::new(b, &Device::Cpu).unwrap()).unwrap();
+    }
     let meta = Meta {
         format_version: 1,
         stage: if correctives { "finetune" } else { "pretrain" }.into(),
@@ -51,9 +63,13 @@ fn synth_set(dir: &Path) {
 }
 
 fn eval(data: &Path, run: &Path, json: &Path) -> assert_cmd::assert::Assert {
-    Command::cargo_bin("fml")
-        .unwrap()
-        .arg("eval")
+    eval_cmd(data, run, json).assert()
+}
+
+/// The `fml eval` command of [`eval`], before it runs (more arguments may follow).
+fn eval_cmd(data: &Path, run: &Path, json: &Path) -> Command {
+    let mut c = Command::cargo_bin("fml").unwrap();
+    c.arg("eval")
         .arg("--facewarehouse")
         .arg(data)
         .arg("--checkpoint")
@@ -61,8 +77,8 @@ fn eval(data: &Path, run: &Path, json: &Path) -> assert_cmd::assert::Assert {
         .arg("--json")
         .arg(json)
         // Fewer ICP iterations than the default keep the test fast; the numbers stay meaningful.
-        .args(["--device", "cpu", "--quiet", "--batch", "3", "--icp-iterations", "15"])
-        .assert()
+        .args(["--device", "cpu", "--quiet", "--batch", "3", "--icp-iterations", "15"]);
+    c
 }
 
 #[test]
@@ -171,4 +187,56 @@ fn bad_folders_and_missing_runs_are_clear_errors() {
         .failure()
         .stderr(predicate::str::contains("none of the 4 poses could be evaluated"))
         .stderr(predicate::str::contains("missing ground-truth mesh"));
+}
+
+/// Table 1's protocol: the final level of a finetuned run against the base level of the run it
+/// was finetuned from. The base numbers must be exactly that run's own, the final numbers the
+/// finetuned run's.
+#[test]
+fn base_level_from_another_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("fw");
+    synth_set(&data);
+    let pre = fresh_run_with(&tmp.path().join("pre"), false, tiny_config(), 1.5);
+    let fine = fresh_run(&tmp.path().join("fine"), true);
+    let read = |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let (jp, jf, jb) = (tmp.path().join("pre.json"), tmp.path().join("fine.json"), tmp.path().join("both.json"));
+    eval(&data, &pre, &jp).success();
+    eval(&data, &fine, &jf).success().stdout(predicate::str::contains("note: base =").not());
+    eval_cmd(&data, &fine, &jb)
+        .arg("--base-checkpoint")
+        .arg(&pre)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("note: base = the base level of {}", pre.display())));
+    let (rp, rf, rb) = (read(&jp), read(&jf), read(&jb));
+    assert_eq!(rb["base_checkpoint"].as_str(), pre.to_str());
+    assert!(rf.get("base_checkpoint").is_none());
+    for (i, m) in rb["meshes"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(m["base"], rp["meshes"][i]["base"], "mesh {i}");
+        assert_eq!(m["final"], rf["meshes"][i]["final"], "mesh {i}");
+    }
+    // The two networks differ (the pretrained one is not the mean face), so the rows do too.
+    assert_ne!(rp["summary"][0]["geometry_mean_mm"], rf["summary"][0]["geometry_mean_mm"]);
+    assert_eq!(rb["summary"][0], rp["summary"][0]);
+    assert_eq!(rb["summary"][1], rf["summary"][1]);
+
+    // A checkpoint without correctives has no final level to compare.
+    eval_cmd(&data, &pre, &tmp.path().join("x.json"))
+        .arg("--base-checkpoint")
+        .arg(&fine)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no corrective level"));
+    // A base run with another input size cannot stand in.
+    let mut other = tiny_config();
+    other.encoder.input_size = 72;
+    let other = fresh_run_with(&tmp.path().join("other"), false, other, 0.0);
+    eval_cmd(&data, &fine, &tmp.path().join("x.json"))
+        .arg("--base-checkpoint")
+        .arg(&other)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("crops of 64 vs 72 px"));
+    assert!(!tmp.path().join("x.json").exists());
 }

@@ -218,6 +218,7 @@ pub struct PoseResult {
     pub tester: String,
     pub pose: String,
     pub image: PathBuf,
+    /// The checkpoint's base level, or that of `EvalReport::base_checkpoint` when one was given.
     pub base: LevelScore,
     /// Equal to `base` when the checkpoint has no correctives.
     #[serde(rename = "final")]
@@ -256,6 +257,10 @@ pub struct LevelSummary {
 pub struct EvalReport {
     pub dataset: PathBuf,
     pub checkpoint: PathBuf,
+    /// Where the base level came from when not from `checkpoint` (`fml eval --base-checkpoint`,
+    /// Table 1's protocol: the base level of the pretrained network, Sec. 7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_checkpoint: Option<PathBuf>,
     /// The checkpoint has no corrective level: the final numbers repeat the base numbers.
     pub final_is_base: bool,
     pub config: EvalConfig,
@@ -292,6 +297,9 @@ impl EvalReport {
         );
         if self.final_is_base {
             let _ = writeln!(s, "note: the checkpoint has no correctives; final = base");
+        }
+        if let Some(b) = &self.base_checkpoint {
+            let _ = writeln!(s, "note: base = the base level of {} (Table 1: the pretrained network)", b.display());
         }
         if !self.skipped.is_empty() {
             let _ = writeln!(s, "skipped {} poses:", self.skipped.len());
@@ -520,15 +528,62 @@ pub fn face_region_triangles(net: &FaceNet) -> Vec<[u32; 3]> {
     if tris.is_empty() { m.triangles.clone() } else { tris }
 }
 
-/// Evaluate a trained network on a FaceWarehouse-layout folder (see the module docs).
+/// Check that `base` can stand in for `trained`'s base level: the same mesh (vertices,
+/// triangles, face region, landmark vertices), the same crop size, and a `trained` with a
+/// corrective level to compare against.
+fn check_base_source(trained: &Trained, base: &Trained) -> Result<()> {
+    let (a, b) = (&trained.net, &base.net);
+    let name = |t: &Trained| t.source.display().to_string();
+    if a.model.correctives.is_none() {
+        return Err(Error::invalid(format!(
+            "{}: no corrective level to compare with the base level of {} (--base-checkpoint is for a finetuned run)",
+            name(trained),
+            name(base)
+        )));
+    }
+    let (ma, mb) = (&a.face_model, &b.face_model);
+    let differs = if ma.num_vertices() != mb.num_vertices() {
+        Some(format!("{} vs {} vertices", ma.num_vertices(), mb.num_vertices()))
+    } else if ma.triangles != mb.triangles {
+        Some("different triangles".to_string())
+    } else if ma.face_region != mb.face_region || ma.landmarks != mb.landmarks {
+        Some("different face region or landmark vertices".to_string())
+    } else if a.intrinsics().width != b.intrinsics().width {
+        Some(format!("crops of {} vs {} px", a.intrinsics().width, b.intrinsics().width))
+    } else {
+        None
+    };
+    match differs {
+        Some(d) => Err(Error::invalid(format!(
+            "{} cannot give the base level of {}: its face model or input differs ({d}); use the run it was \
+             finetuned from",
+            name(base),
+            name(trained)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Evaluate a trained network on a FaceWarehouse-layout folder (see the module docs). With
+/// `base_from`, the base-level numbers are that network's (Table 1 compares the final level with
+/// the base level of the *pretrained* network, Sec. 7); it sees the same crops.
 ///
 /// Poses without a landmark file or ground-truth mesh, or whose files cannot be read, are
 /// skipped and listed with the reason; so is a pose whose alignment fails.
 ///
 /// # Errors
-/// Invalid settings; no pose images in `dir`; no pose could be evaluated; a network failure.
-pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -> Result<EvalReport> {
+/// Invalid settings; no pose images in `dir`; no pose could be evaluated; a network failure;
+/// a `base_from` on another mesh or crop size, or a `trained` without correctives.
+pub fn evaluate_facewarehouse(
+    dir: &Path,
+    trained: &Trained,
+    base_from: Option<&Trained>,
+    cfg: &EvalConfig,
+) -> Result<EvalReport> {
     cfg.validate()?;
+    if let Some(b) = base_from {
+        check_base_source(trained, b)?;
+    }
     let entries = find_poses(dir)?;
     let net = &trained.net;
     let size = net.intrinsics().width;
@@ -561,7 +616,13 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
             continue;
         }
         let inputs: Vec<&[f32]> = ready.iter().map(|p| p.chw.as_slice()).collect();
-        let preds = predict_batch(net, &inputs)?;
+        let mut preds = predict_batch(net, &inputs)?;
+        if let Some(b) = base_from {
+            for (fp, bp) in preds.iter_mut().zip(predict_batch(&b.net, &inputs)?) {
+                fp.base = bp.base;
+                fp.photo_base = bp.photo_base;
+            }
+        }
         for (p, fp) in ready.iter().zip(preds) {
             let score = |verts: Vec<[f32; 3]>, photo: (Option<f64>, usize)| -> Result<LevelScore> {
                 let lm: Vec<[f32; 3]> = lm_vertices.iter().map(|&i| verts[i as usize]).collect(); // [68, 3]
@@ -643,6 +704,7 @@ pub fn evaluate_facewarehouse(dir: &Path, trained: &Trained, cfg: &EvalConfig) -
         mean_face_mm: [mm, ms],
         dataset: dir.to_path_buf(),
         checkpoint: trained.source.clone(),
+        base_checkpoint: base_from.map(|b| b.source.clone()),
         final_is_base,
         config: cfg.clone(),
         summary,
