@@ -89,9 +89,12 @@ fn parse_f32(tok: &str, path: &Path, line: usize, what: &str) -> Result<f32> {
     Ok(v)
 }
 
+/// Points `[K, 2]` and, when the file gives them, their confidences `[K]`.
+type PointsAndConfidences = (Vec<[f32; 2]>, Option<Vec<f32>>);
+
 /// Parse "x y" or "x y c" point lines (1-based line numbers in `lines`) into points and, when
 /// every line has a third column, confidences. Mixed column counts are an error.
-fn parse_point_lines(lines: &[(usize, &str)], path: &Path) -> Result<(Vec<[f32; 2]>, Option<Vec<f32>>)> {
+fn parse_point_lines(lines: &[(usize, &str)], path: &Path) -> Result<PointsAndConfidences> {
     let mut pts = Vec::with_capacity(lines.len());
     let mut conf = Vec::new();
     let mut columns = None;

@@ -151,7 +151,7 @@ impl fmt::Display for PrepareReport {
 #[derive(Clone, Debug)]
 enum LandmarkSource {
     File(PathBuf),
-    Given(Landmarks68),
+    Given(Box<Landmarks68>),
 }
 
 #[derive(Clone, Debug)]
@@ -225,7 +225,7 @@ fn gather(inputs: &[PathBuf], report: &mut PrepareReport) -> Vec<(PathBuf, Landm
                     for e in entries {
                         report.found += 1;
                         match e {
-                            Ok(e) => out.push((e.image, LandmarkSource::Given(e.landmarks))),
+                            Ok(e) => out.push((e.image, LandmarkSource::Given(Box::new(e.landmarks)))),
                             Err(err) => report.skip(SkipReason::MalformedLandmarks, err.to_string()),
                         }
                     }
@@ -273,7 +273,7 @@ fn process(c: &Candidate, cfg: &PrepareConfig) -> Processed {
             Ok(lm) => (lm, extension(p) == "land"),
             Err(e) => return Err((SkipReason::MalformedLandmarks, e.to_string())),
         },
-        LandmarkSource::Given(lm) => (lm.clone(), false),
+        LandmarkSource::Given(lm) => ((**lm).clone(), false),
     };
     let name = c.image.display();
     let Some(bbox) = lm.bbox() else {

@@ -22,6 +22,7 @@ pub const INNER_MOUTH_CORNERS: [usize; 2] = [60, 64];
 
 impl Scheme {
     /// Number of points.
+    #[allow(clippy::len_without_is_empty, reason = "a scheme always has points")]
     pub fn len(self) -> usize {
         match self {
             Scheme::Ibug68 => 68,

@@ -153,11 +153,13 @@ mod tests {
     /// A tiny network over the demo model with correctives and non-zero heads and bases, so that
     /// every output depends on every weight.
     fn tiny_net(varmap: &VarMap) -> (FaceNet, Config) {
-        let mut cfg = Config::default();
-        cfg.encoder = crate::encoder::EncoderConfig {
-            input_size: 32,
-            conv: vec![[4, 5, 2, 2, 1], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 1]],
-            fc: vec![16, 16],
+        let mut cfg = Config {
+            encoder: crate::encoder::EncoderConfig {
+                input_size: 32,
+                conv: vec![[4, 5, 2, 2, 1], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 1]],
+                fc: vec![16, 16],
+            },
+            ..Config::default()
         };
         cfg.correctives.count = 3;
         cfg.correctives.init_std = [0.1, 0.01];
