@@ -13,8 +13,13 @@
 //! height, its RMS along the mean face's outward normal (and the signed mean: negative = inward)
 //! and across it. A photometric bias shows there as a constant inward push at the silhouettes.
 //! `--split train` measures on (up to 200) training records instead of the validation split.
+//! `--coefficients` prints, per base-model mode (identity, then expression), the correlation of
+//! the regressed coefficient with the true one and both SDs (the base model may be a truncation
+//! of the world: its modes are paired with the world's first ones). `--surface` adds the
+//! point-to-surface error of `fml eval` (similarity ICP from the landmarks), which ignores
+//! sliding along the surface.
 //!
-//! cargo run --release --example synth_geometry -- RUN DATASET.fmlds [--split train|val] [--probe[-expression] MODEL.safetensors K [--bands]]
+//! cargo run --release --example synth_geometry -- RUN DATASET.fmlds [--split train|val] [--coefficients] [--surface] [--probe[-expression] MODEL.safetensors K [--bands]]
 
 use candle_core::{Device, Tensor};
 use fml::data::dataset::{Dataset, Split};
@@ -25,7 +30,7 @@ fn main() -> fml::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
         eprintln!(
-            "usage: synth_geometry RUN DATASET.fmlds [--split train|val] [--probe[-expression] MODEL.safetensors K [--bands]]"
+            "usage: synth_geometry RUN DATASET.fmlds [--split train|val] [--coefficients] [--surface] [--probe[-expression] MODEL.safetensors K [--bands]]"
         );
         std::process::exit(2);
     };
@@ -33,10 +38,17 @@ fn main() -> fml::Result<()> {
         usage();
     }
     let (mut split, mut probe, mut bands) = (Split::Val, None, false);
+    let (mut coefficients, mut surface) = (false, false);
     let mut rest = args[3..].iter();
     while let Some(flag) = rest.next() {
-        if flag == "--bands" {
-            bands = true;
+        let switch = match flag.as_str() {
+            "--bands" => Some(&mut bands),
+            "--coefficients" => Some(&mut coefficients),
+            "--surface" => Some(&mut surface),
+            _ => None,
+        };
+        if let Some(on) = switch {
+            *on = true;
             continue;
         }
         match (flag.as_str(), rest.next()) {
@@ -94,7 +106,7 @@ fn main() -> fml::Result<()> {
         ef += fml::eval::aligned_vertex_error(&fine_v, &gt, &model.face_region)?;
         em += fml::eval::aligned_vertex_error(&mean, &gt, &model.face_region)?;
         // The paper's metric: point-to-surface after a similarity ICP (ignores sliding along the surface).
-        if std::env::var_os("FML_P2S").is_some() {
+        if surface {
             let gt_mesh = Mesh { vertices: gt.clone(), triangles: model.triangles.clone(), colors: None };
             let ecfg = fml::infer::eval::EvalConfig { progress: false, ..Default::default() };
             let lm = |vv: &[[f32; 3]]| -> Vec<[f32; 3]> { model.landmarks.iter().map(|&k| vv[k as usize]).collect() };
@@ -119,29 +131,33 @@ fn main() -> fml::Result<()> {
             along.push((dot(&off, mode) / dot(mode, mode), truth));
             offsets.push(region3.iter().map(|&j| off[j] as f64).collect());
         }
+        // The base model may be a truncation of the world: its K_s identity and K_e expression
+        // modes are the world's first ones, so pair them with the first K_s / K_e true values.
+        let kept = [pred.params.z_shape.dim(1)?, pred.params.z_expr.dim(1)?];
         let truth: Vec<f32> = ["shape", "expression"]
             .iter()
-            .flat_map(|k| {
-                rec["coefficients"][k]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect::<Vec<_>>()
+            .zip(kept)
+            .flat_map(|(k, n)| {
+                let all = rec["coefficients"][k].as_array().cloned().unwrap_or_default();
+                (0..n).map(move |j| all.get(j).and_then(|v| v.as_f64()).unwrap_or(f64::NAN) as f32)
             })
             .collect();
         let z = Tensor::cat(&[&pred.params.z_shape, &pred.params.z_expr], 1)?.flatten_all()?.to_vec1::<f32>()?;
         pairs.push((z, truth));
     }
-    if std::env::var_os("FML_CORR").is_some() {
-        let k = pairs[0].0.len().min(pairs[0].1.len());
+    if coefficients {
+        let k = pairs[0].0.len();
         let corr: Vec<String> = (0..k)
             .map(|m| {
                 let (xs, ys): (Vec<f64>, Vec<f64>) = pairs.iter().map(|(p, t)| (p[m] as f64, t[m] as f64)).unzip();
-                format!("{m}:{:.2}", fml::eval::linear_fit(&xs, &ys).r)
+                let f = fml::eval::linear_fit(&xs, &ys);
+                format!("{m}:{:.2}/{:.2}/{:.2}", f.r, f.sd.0, f.sd.1)
             })
             .collect();
-        println!("correlation of predicted and true coefficients (shape then expression): {}", corr.join(" "));
+        println!(
+            "predicted vs true coefficients, mode:r/SD predicted/SD true (identity, then expression): {}",
+            corr.join(" ")
+        );
     }
     if let Some((k, _, _)) = &probe {
         if offsets.is_empty() {
