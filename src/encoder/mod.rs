@@ -40,6 +40,10 @@ pub struct Encoder {
 /// Prefix of all encoder weights in the run's `VarMap`.
 pub const PREFIX: &str = "encoder";
 
+/// Largest batch a CPU inference forward pass runs at once (see [`Encoder::features`]): the best
+/// throughput of `fml bench infer` on the 2-core development VM was at 32 (tiny encoder).
+pub const CPU_INFER_CHUNK: usize = 32;
+
 fn insert(varmap: &VarMap, name: &str, shape: &[usize], std: f64, rng: &mut Rng, device: &Device) -> Result<()> {
     let mut data = varmap.data().lock().expect("varmap lock");
     if let Some(v) = data.get(name) {
@@ -177,10 +181,29 @@ impl Encoder {
     /// `images`: `[B, 3, S, S]` in [0, 1] -> `[B, F]` (F = the last `fc` width).
     pub fn features(&self, images: &Tensor) -> Result<Tensor> {
         let s = self.config.input_size;
-        match images.dims() {
-            &[_, 3, h, w] if h == s && w == s => {}
+        let b = match images.dims() {
+            &[b, 3, h, w] if h == s && w == s => b,
             d => return Err(Error::invalid(format!("encoder input has shape {d:?}, expected [B, 3, {s}, {s}]"))),
+        };
+        // Inference on a CPU: run large batches in chunks. The im2col matrices grow with the
+        // batch (the first one is C k^2 x B Ho Wo: 2.5 GB at B = 8192 for the tiny encoder) and
+        // fall out of the caches; chunks keep the rate of the best batch size and bound the memory.
+        // Not while training (one graph over the batch) and not on a GPU (it wants large batches).
+        if b > CPU_INFER_CHUNK && images.device().is_cpu() && !self.tracks_gradients() {
+            let parts = (0..b)
+                .step_by(CPU_INFER_CHUNK)
+                .map(|i| self.features_batch(&images.narrow(0, i, CPU_INFER_CHUNK.min(b - i))?))
+                .collect::<Result<Vec<_>>>()?; // each [chunk, F]
+            return Ok(Tensor::cat(&parts, 0)?); // [B, F]
         }
+        self.features_batch(images)
+    }
+
+    /// [`features`](Self::features) of one batch, whatever its size.
+    ///
+    /// # Shapes
+    /// `images`: `[B, 3, S, S]` -> `[B, F]`.
+    fn features_batch(&self, images: &Tensor) -> Result<Tensor> {
         // Centre the input around 0 (the crops are in [0, 1]); convolutions run channel-major
         // ([C, B, H, W], see im2col.rs).
         let mut x = images.affine(2.0, -1.0)?.permute((1, 0, 2, 3))?.contiguous()?; // [3, B, S, S]
@@ -281,6 +304,22 @@ mod tests {
             conv: vec![[4, 5, 2, 2, 1], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 0], [8, 3, 1, 1, 1]],
             fc: vec![16, 16],
         }
+    }
+
+    #[test]
+    fn cpu_inference_in_chunks_equals_one_batch() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let enc = Encoder::new(&tiny(), 5, (0, 0.1), &vm, 3, &dev).unwrap();
+        let inf = enc.detached();
+        let b = 2 * CPU_INFER_CHUNK + 3;
+        let x = Tensor::rand(0f32, 1f32, (b, 3, 32, 32), &dev).unwrap();
+        let chunked = inf.forward(&x).unwrap(); // [B, 5], three chunks
+        assert_eq!(chunked.dims(), &[b, 5]);
+        let whole = enc.forward(&x).unwrap(); // tracks gradients: one batch
+        let d = (chunked - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let m = whole.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(m > 0.0 && d <= 1e-5 * m, "chunked inference differs by {d} (max |y| {m})");
     }
 
     #[test]
