@@ -2,11 +2,12 @@
 //! - pretraining lowers every data term and brings landmark and geometric error against ground
 //!   truth below the mean-face baseline;
 //! - with a deliberately truncated base model (one identity mode, while the data come from a
-//!   world with more), finetuning with correctives makes the final level's photometric error
-//!   lower than the base level's (paper Fig. 11) without making its geometry worse. The paper's
-//!   geometric gain of the final level (Table 1: 2.03 -> 1.84 mm) is NOT reproduced at this
-//!   scale: after 400-1200 CPU finetuning steps the final level's geometric error stays within
-//!   +-0.3 % of the base level's. E_photo does see the missing mode image by image, but the
+//!   world with more), finetuning with correctives (the paper's rates: the encoder at a tenth of
+//!   its pretraining rate) makes the final level's photometric error lower than the base level's
+//!   (paper Fig. 11) and its geometric error lower than the pretrained network's base level's
+//!   (Table 1's comparison, Sec. 7). That geometric gain is the encoder's continued training, not
+//!   the correctives': the finetuned network's own base level is better still, and the final
+//!   level stays within 2 % of it. E_photo does see the missing mode image by image, but the
 //!   corrective coefficients are not learned in so few steps, even with the mode given as the
 //!   corrective basis (measured; see README, "What the tests show", and configs/truncated.toml).
 //! - beyond the paper, with E_sparse on the final level too (`loss.sparse_final`), a base model
@@ -142,20 +143,26 @@ fn pretraining_learns_and_correctives_improve_on_a_truncated_base_model() {
     assert!(val_px < 0.6 * baseline_px, "landmark error {val_px} px not well below the mean face's {baseline_px} px");
     assert!(base < 0.95 * mean_face, "geometric error {base} mm not below the mean face's {mean_face} mm");
 
-    // Finetuning with correctives on top of the truncated base model.
+    // Finetuning with correctives on top of the truncated base model, the encoder at a tenth of
+    // the pretraining rate (Sec. 7: 0.001 after 0.01).
     let mut fcfg = cfg.clone();
-    fcfg.train.steps = 400;
-    fcfg.optim.lr_encoder = 0.5;
+    fcfg.train.steps = 1200;
+    fcfg.optim.lr_encoder = 0.1 * cfg.optim.lr_encoder;
     let fine = dir.path().join("finetune");
     run(&fcfg, Stage::Finetune { from: pre.clone() }, &fine);
     let (pb, pf) = (logged(&fine, "val", "photo_base"), logged(&fine, "val", "photo_final"));
     let (pb, pf) = (*pb.last().unwrap(), *pf.last().unwrap());
     let (gb, gf, _) = geometry_errors(&fine, &data);
     eprintln!("finetuning: photometric base {pb:.4} final {pf:.4}; geometry base {gb:.3} mm final {gf:.3} mm");
-    // Table 1's own comparison is with the pretrained network's base level (Sec. 7).
     eprintln!("Table 1's comparison: final {gf:.3} mm vs the pretrained base level {base:.3} mm");
-    assert!(pf < 0.99 * pb, "final-level photometric error {pf} not below the base level's {pb}");
-    assert!(gf < 1.01 * gb, "final-level geometric error {gf} worse than the base level's {gb}");
+    // Fig. 11: the final level explains the images better (measured: 4.5-6 % lower, 4 seeds).
+    assert!(pf < 0.97 * pb, "final-level photometric error {pf} not 3 % below the base level's {pb}");
+    // Table 1 compares the final level with the *pretrained* network's base level (Sec. 7):
+    // measured 1.5-11 % lower over 4 training seeds.
+    assert!(gf < 0.99 * base, "final-level geometric error {gf} not 1 % below the pretrained base level's {base}");
+    // ... but that gain is the encoder's continued training, not the correctives': the finetuned
+    // network's own base level is better still (measured: the final level 0.5-0.8 % worse).
+    assert!(gf < 1.02 * gb, "final-level geometric error {gf} far worse than the base level's {gb}");
 
     // Beyond the paper: with E_sparse on the final level too (`loss.sparse_final`, off in the
     // paper's configs: eq. 10 is the base level's), the correctives do learn a missing mode. The
