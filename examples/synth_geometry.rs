@@ -75,7 +75,7 @@ fn main() -> fml::Result<()> {
     let mean = fml::face_model::to_vec3(&model.mean_shape);
     let size = ds.size() as usize;
     let (mut eb, mut ef, mut em, mut n) = (0.0, 0.0, 0.0, 0f64);
-    // Predicted vs true coefficients (model units), for a per-mode correlation report.
+    // Predicted vs true identity and expression coefficients (model units), for --coefficients.
     let mut pairs: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     let mut p2s = [0f64; 3];
     // --probe: (coefficient of the corrective along the mode, true coefficient) per face, and the
@@ -119,11 +119,13 @@ fn main() -> fml::Result<()> {
             p2s[2] += sc(&mean)?;
         }
         n += 1.0;
-        let rec: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(PathBuf::from(&ds.header().records[i].source).with_extension("json"))
-                .map_err(|e| fml::Error::io("json", e))?,
-        )
-        .expect("synth json");
+        let json = PathBuf::from(&ds.header().records[i].source).with_extension("json");
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| fml::Error::io(&json, e))?)
+                .map_err(|e| fml::Error::format(&json, format!("not JSON: {e}")))?;
+        if !rec["coefficients"].is_object() {
+            return Err(fml::Error::format(&json, "no \"coefficients\" (not a `fml synth` record)"));
+        }
         if let (Some((k, mode, key)), Some(off)) = (&probe, &pred.levels.geometry_offset) {
             let off = off.flatten_all()?.to_vec1::<f32>()?;
             let dot = |a: &[f32], b: &[f32]| region3.iter().map(|&j| a[j] as f64 * b[j] as f64).sum::<f64>();
@@ -133,17 +135,20 @@ fn main() -> fml::Result<()> {
         }
         // The base model may be a truncation of the world: its K_s identity and K_e expression
         // modes are the world's first ones, so pair them with the first K_s / K_e true values.
-        let kept = [pred.params.z_shape.dim(1)?, pred.params.z_expr.dim(1)?];
-        let truth: Vec<f32> = ["shape", "expression"]
+        // Both sides in model units (the synth JSON's; the network regresses z-scores).
+        let std: Vec<f32> = model.shape_std.iter().chain(&model.expr_std).copied().collect();
+        let truth: Vec<f32> = [("shape", model.num_shape()), ("expression", model.num_expr())]
             .iter()
-            .zip(kept)
-            .flat_map(|(k, n)| {
+            .flat_map(|&(k, n)| {
                 let all = rec["coefficients"][k].as_array().cloned().unwrap_or_default();
                 (0..n).map(move |j| all.get(j).and_then(|v| v.as_f64()).unwrap_or(f64::NAN) as f32)
             })
             .collect();
         let z = Tensor::cat(&[&pred.params.z_shape, &pred.params.z_expr], 1)?.flatten_all()?.to_vec1::<f32>()?;
-        pairs.push((z, truth));
+        pairs.push((z.iter().zip(&std).map(|(z, s)| z * s).collect(), truth));
+    }
+    if n == 0.0 {
+        return Err(fml::Error::invalid(format!("{}: no records in the {split:?} split", args[2])));
     }
     if coefficients {
         let k = pairs[0].0.len();

@@ -94,9 +94,10 @@ pub struct EvalArgs {
     /// Trained run (directory or checkpoint file) [default: the built-in default model].
     #[arg(long, value_name = "RUN")]
     pub checkpoint: Option<PathBuf>,
-    /// Take the base-level numbers from this run, e.g. the pretraining run the finetuned
-    /// --checkpoint started from: the paper's Table 1 compares the final level with the base
-    /// level of the pretrained network (Sec. 7). Default: the checkpoint's own base level.
+    /// Take the base-level numbers (geometric and photometric) from this run, e.g. the
+    /// pretraining run the finetuned --checkpoint started from: Sec. 7 compares the final level
+    /// with the base level "obtained from the pretrained network" (said of Fig. 4; we read Table
+    /// 1's "Coarse" column the same way). Default: the checkpoint's own base level.
     #[arg(long, value_name = "RUN")]
     pub base_checkpoint: Option<PathBuf>,
     /// Also write the summary and per-mesh numbers as JSON.
@@ -952,8 +953,11 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
         icp: fml::eval::IcpConfig { max_iterations: a.icp_iterations, ..Default::default() },
         ..EvalConfig::default()
     };
+    use anyhow::Context as _;
     let base_from = match &a.base_checkpoint {
-        Some(b) => Some(fml::infer::load_run(b, &device)?),
+        Some(b) => {
+            Some(fml::infer::load_run(b, &device).with_context(|| format!("--base-checkpoint {}", b.display()))?)
+        }
         None => None,
     };
     let report = evaluate_facewarehouse(&a.facewarehouse, &trained, base_from.as_ref(), &cfg)?;

@@ -40,8 +40,9 @@ pub struct Encoder {
 /// Prefix of all encoder weights in the run's `VarMap`.
 pub const PREFIX: &str = "encoder";
 
-/// Largest batch a CPU inference forward pass runs at once (see [`Encoder::features`]): the best
-/// throughput of `fml bench infer` on the 2-core development VM was at 32 (tiny encoder).
+/// Largest batch a CPU inference forward pass runs at once (see [`Encoder::features`]). The best
+/// throughput of `fml bench infer` (tiny encoder, 2-core development VM) was at batch 32 on
+/// 2026-12-07 and at 8 or 32 in the runs of BENCHMARKS.md; past 32 it fell.
 pub const CPU_INFER_CHUNK: usize = 32;
 
 fn insert(varmap: &VarMap, name: &str, shape: &[usize], std: f64, rng: &mut Rng, device: &Device) -> Result<()> {
@@ -312,6 +313,7 @@ mod tests {
         let vm = VarMap::new();
         let enc = Encoder::new(&tiny(), 5, (0, 0.1), &vm, 3, &dev).unwrap();
         let inf = enc.detached();
+        assert!(!inf.tracks_gradients(), "the chunked path is the one without gradients");
         let b = 2 * CPU_INFER_CHUNK + 3;
         let x = Tensor::rand(0f32, 1f32, (b, 3, 32, 32), &dev).unwrap();
         let chunked = inf.forward(&x).unwrap(); // [B, 5], three chunks

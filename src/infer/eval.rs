@@ -27,6 +27,11 @@
 //! - Photometric error: the network's own image formation (predicted pose and light, the crop,
 //!   back-face visibility within the model's face region), eq. 9 per image. The paper reports it
 //!   on its validation set; here it is measured on the evaluated images.
+//! - Which base level: Sec. 7 compares the final level with the base level "obtained from the
+//!   pretrained network" (said of Fig. 4); the paper does not say where Table 1's "Coarse"
+//!   column comes from, and we read it the same way. By default both rows come from the one
+//!   network evaluated (what `fml reconstruct` gives); `base_from` (`--base-checkpoint`) takes
+//!   the base rows, geometric and photometric, from another run, e.g. the pretrained one.
 
 use crate::data::crop::{CropConfig, crop_face};
 use crate::data::image::read_rgb8;
@@ -258,7 +263,7 @@ pub struct EvalReport {
     pub dataset: PathBuf,
     pub checkpoint: PathBuf,
     /// Where the base level came from when not from `checkpoint` (`fml eval --base-checkpoint`,
-    /// Table 1's protocol: the base level of the pretrained network, Sec. 7).
+    /// e.g. the pretrained network's, as Sec. 7 compares the levels; see the module docs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_checkpoint: Option<PathBuf>,
     /// The checkpoint has no corrective level: the final numbers repeat the base numbers.
@@ -299,7 +304,7 @@ impl EvalReport {
             let _ = writeln!(s, "note: the checkpoint has no correctives; final = base");
         }
         if let Some(b) = &self.base_checkpoint {
-            let _ = writeln!(s, "note: base = the base level of {} (Table 1: the pretrained network)", b.display());
+            let _ = writeln!(s, "note: base (geometry and photometric) = the base level of {}", b.display());
         }
         if !self.skipped.is_empty() {
             let _ = writeln!(s, "skipped {} poses:", self.skipped.len());
@@ -542,6 +547,7 @@ fn check_base_source(trained: &Trained, base: &Trained) -> Result<()> {
         )));
     }
     let (ma, mb) = (&a.face_model, &b.face_model);
+    // Each detail reads "checkpoint's vs base run's".
     let differs = if ma.num_vertices() != mb.num_vertices() {
         Some(format!("{} vs {} vertices", ma.num_vertices(), mb.num_vertices()))
     } else if ma.triangles != mb.triangles {
@@ -555,8 +561,8 @@ fn check_base_source(trained: &Trained, base: &Trained) -> Result<()> {
     };
     match differs {
         Some(d) => Err(Error::invalid(format!(
-            "{} cannot give the base level of {}: its face model or input differs ({d}); use the run it was \
-             finetuned from",
+            "{} cannot give the base level of {}: the face model or input differs ({d}, checkpoint vs base \
+             run); use the run it was finetuned from",
             name(base),
             name(trained)
         ))),
@@ -565,8 +571,8 @@ fn check_base_source(trained: &Trained, base: &Trained) -> Result<()> {
 }
 
 /// Evaluate a trained network on a FaceWarehouse-layout folder (see the module docs). With
-/// `base_from`, the base-level numbers are that network's (Table 1 compares the final level with
-/// the base level of the *pretrained* network, Sec. 7); it sees the same crops.
+/// `base_from`, the base-level numbers (geometric and photometric) are that network's, e.g. the
+/// pretrained one's (see the module docs); it sees the same crops.
 ///
 /// Poses without a landmark file or ground-truth mesh, or whose files cannot be read, are
 /// skipped and listed with the reason; so is a pose whose alignment fails.
