@@ -22,10 +22,10 @@ fn fresh_run(dir: &Path, correctives: bool) -> PathBuf {
     fresh_run_with(dir, correctives, tiny_config(), 0.0)
 }
 
-/// [`fresh_run`] with a given config, the first identity output's bias set to `shape0` (a
-/// network whose base level is not the mean face).
+/// [`fresh_run`] with a given config (and its face model), the first identity output's bias set
+/// to `shape0` (a network whose base level is not the mean face).
 fn fresh_run_with(dir: &Path, correctives: bool, cfg: Config, shape0: f32) -> PathBuf {
-    let model = fml::face_model::demo::demo_model();
+    let model = fml::train::load_face_model(&cfg.model).unwrap();
     let varmap = VarMap::new();
     let net = FaceNet::new(&model, &cfg, correctives, Backend::Fast, &varmap, &Device::Cpu).unwrap();
     if shape0 != 0.0 {
@@ -238,4 +238,12 @@ fn base_level_from_another_run() {
     let mut other = tiny_config();
     other.encoder.input_size = 72;
     refused(&fine, &fresh_run_with(&tmp.path().join("other"), false, other, 0.0), "crops of 64 vs 72 px");
+    // Nor one on a face model with another face region (same vertices and triangles).
+    let mut m = fml::face_model::demo::demo_model();
+    m.face_region.truncate(m.face_region.len() / 2);
+    let path = tmp.path().join("half-region.safetensors");
+    m.save(&path).unwrap();
+    let mut other = tiny_config();
+    other.model.path = path.to_string_lossy().into_owned();
+    refused(&fine, &fresh_run_with(&tmp.path().join("region"), false, other, 0.0), "different face region");
 }
