@@ -37,6 +37,11 @@ pub struct Meta {
     /// recorded: then only `num_outputs` is checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modes: Option<[usize; 3]>,
+    /// Finetuning runs: the pretraining checkpoint they started from (`fml finetune --from`,
+    /// made absolute), kept across `--resume`; what `fml eval --base-checkpoint` wants for Sec.
+    /// 7's comparison of the levels. Absent for pretraining runs and older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetuned_from: Option<PathBuf>,
 }
 
 /// Where a data loader is: `index` faces of epoch `epoch` have been delivered. Defined here,

@@ -45,6 +45,7 @@ fn fresh_run_with(dir: &Path, correctives: bool, cfg: Config, shape0: f32) -> Pa
         num_outputs: net.layout.num_outputs(),
         correctives: net.layout.correctives,
         modes: None,
+        finetuned_from: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     checkpoint::save(&dir.join(checkpoint::FILE), &varmap, &[], &meta).unwrap();

@@ -67,6 +67,7 @@ fn make_run_with(
         num_outputs: net.layout.num_outputs(),
         correctives,
         modes: None,
+        finetuned_from: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.toml"), cfg.to_toml()).unwrap();

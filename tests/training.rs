@@ -3,6 +3,7 @@
 
 use candle_core::Device;
 use candle_nn::VarMap;
+use fml::checkpoint;
 use fml::config::Config;
 use fml::loss::{Objective, TrainBatch};
 use fml::network::FaceNet;
@@ -154,9 +155,14 @@ fn interrupted_training_resumes_exactly() {
     assert_eq!(train_losses(&a), train_losses(&b), "resumed pretraining differs");
     let bf = dir.path().join("bf");
     run(&cfg, Stage::Finetune { from: b.clone() }, &bf, false, Some(7)).unwrap();
-    run(&cfg, Stage::Finetune { from: b.clone() }, &bf, true, None).unwrap();
+    // --from is not read on --resume: the run keeps its own record of where it started.
+    run(&cfg, Stage::Finetune { from: a.clone() }, &bf, true, None).unwrap();
     assert_eq!(train_losses(&af), train_losses(&bf), "resumed finetuning differs");
     assert_eq!(train_losses(&af).len(), 10);
+    let meta = |run: &Path| checkpoint::load(&run.join(checkpoint::FILE), &Device::Cpu).unwrap().meta;
+    let from_b = std::fs::canonicalize(b.join(checkpoint::FILE)).unwrap();
+    assert_eq!(meta(&bf).finetuned_from, Some(from_b), "a finetuning run records its --from");
+    assert_eq!(meta(&b).finetuned_from, None);
 }
 
 #[test]

@@ -266,6 +266,9 @@ pub struct EvalReport {
     /// e.g. the pretrained network's, as Sec. 7 compares the levels; see the module docs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_checkpoint: Option<PathBuf>,
+    /// The pretraining checkpoint `checkpoint` was finetuned from, when it records one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetuned_from: Option<PathBuf>,
     /// The checkpoint has no corrective level: the final numbers repeat the base numbers.
     pub final_is_base: bool,
     pub config: EvalConfig,
@@ -303,8 +306,19 @@ impl EvalReport {
         if self.final_is_base {
             let _ = writeln!(s, "note: the checkpoint has no correctives; final = base");
         }
-        if let Some(b) = &self.base_checkpoint {
-            let _ = writeln!(s, "note: base (geometry and photometric) = the base level of {}", b.display());
+        match (&self.base_checkpoint, &self.finetuned_from) {
+            (Some(b), _) => {
+                let _ = writeln!(s, "note: base (geometry and photometric) = the base level of {}", b.display());
+            }
+            (None, Some(f)) => {
+                let _ = writeln!(
+                    s,
+                    "note: finetuned from {f}; --base-checkpoint {f} takes the base rows from that pretrained run, \
+                     as Sec. 7 compares the levels",
+                    f = f.display()
+                );
+            }
+            (None, None) => {}
         }
         if !self.skipped.is_empty() {
             let _ = writeln!(s, "skipped {} poses:", self.skipped.len());
@@ -711,6 +725,7 @@ pub fn evaluate_facewarehouse(
         dataset: dir.to_path_buf(),
         checkpoint: trained.source.clone(),
         base_checkpoint: base_from.map(|b| b.source.clone()),
+        finetuned_from: trained.meta.finetuned_from.clone(),
         final_is_base,
         config: cfg.clone(),
         summary,
@@ -744,6 +759,30 @@ mod tests {
         let n = (axis.iter().map(|a| a * a).sum::<f64>()).sqrt();
         let w = axis.map(|a| a / n * angle_deg.to_radians());
         Similarity { scale, rotation: crate::eval::linalg::rotation_exp(w), translation: shift }
+    }
+
+    #[test]
+    fn table_says_where_the_base_rows_come_from() {
+        let report = |base: Option<&str>, from: Option<&str>| EvalReport {
+            dataset: "fw".into(),
+            checkpoint: "fine".into(),
+            base_checkpoint: base.map(PathBuf::from),
+            finetuned_from: from.map(PathBuf::from),
+            final_is_base: false,
+            config: EvalConfig::default(),
+            summary: vec![],
+            mean_face_mm: [2.0, 0.5],
+            meshes: vec![],
+            skipped: vec![],
+        };
+        let t = report(None, Some("pre/checkpoint.safetensors")).table();
+        assert!(t.contains("--base-checkpoint pre/checkpoint.safetensors takes the base rows"), "{t}");
+        let t = report(Some("pre"), Some("pre/checkpoint.safetensors")).table();
+        assert!(
+            t.contains("base (geometry and photometric) = the base level of pre") && !t.contains("finetuned from"),
+            "{t}"
+        );
+        assert!(!report(None, None).table().contains("note"));
     }
 
     #[test]

@@ -623,6 +623,7 @@ mod tests {
             num_outputs: net.layout.num_outputs(),
             correctives,
             modes: None,
+            finetuned_from: None,
         };
         std::fs::write(dir.join("config.toml"), cfg.to_toml()).unwrap();
         checkpoint::save(&dir.join(checkpoint::FILE), &varmap, &[], &meta).unwrap();

@@ -405,6 +405,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     // it sees every update) records no graph and frees each activation once it is consumed.
     let val_net = if has_val { Some(net.for_inference()) } else { None };
 
+    // Where a finetuning run started: its own record when resumed (--from is not read then).
+    let finetuned_from = match (&resumed, &opts.stage) {
+        (Some(ck), _) => ck.meta.finetuned_from.clone(),
+        (None, Stage::Finetune { from }) => {
+            let src = if from.is_dir() { from.join(checkpoint::FILE) } else { from.clone() };
+            Some(std::fs::canonicalize(&src).unwrap_or(src))
+        }
+        (None, Stage::Pretrain) => None,
+    };
     let (mut step, mut position) = (0u64, Position::default());
     if let Some(ck) = &resumed {
         opt.load_state(&ck.tensors).map_err(|e| {
@@ -430,6 +439,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         num_outputs: net.layout.num_outputs(),
         correctives: net.layout.correctives,
         modes: Some([face_model.num_shape(), face_model.num_expr(), face_model.num_albedo()]),
+        finetuned_from: finetuned_from.clone(),
     };
     let save = |step: u64, pos: Position, opt: &AdaDelta| {
         checkpoint::save(&ckpt_path, &varmap, &opt.state(), &meta_at(step, pos))
