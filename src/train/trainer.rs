@@ -405,14 +405,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     // it sees every update) records no graph and frees each activation once it is consumed.
     let val_net = if has_val { Some(net.for_inference()) } else { None };
 
-    // Where a finetuning run started: its own record when resumed (--from is not read then).
-    let finetuned_from = match (&resumed, &opts.stage) {
+    // Where a finetuning run started: its own record when resumed (--from is not read then),
+    // else the file --from was loaded from.
+    let finetuned_from = match (&resumed, &from_ck) {
         (Some(ck), _) => ck.meta.finetuned_from.clone(),
-        (None, Stage::Finetune { from }) => {
-            let src = if from.is_dir() { from.join(checkpoint::FILE) } else { from.clone() };
-            Some(std::fs::canonicalize(&src).unwrap_or(src))
-        }
-        (None, Stage::Pretrain) => None,
+        (None, Some(ck)) => Some(std::fs::canonicalize(&ck.path).unwrap_or_else(|_| ck.path.clone())),
+        (None, None) => None,
     };
     let (mut step, mut position) = (0u64, Position::default());
     if let Some(ck) = &resumed {
