@@ -68,7 +68,9 @@ enum Arg<'a> {
     U32(u32),
     F32(&'a [f32]),
     U32s(&'a [u32]),
-    /// An output buffer of this many f32, zero-initialised like `alloc_zeros`.
+    /// An output buffer of this many f32, filled with NaN before the launch: the CUDA path
+    /// allocates outputs uninitialised (`CudaDevice::alloc`), so every kernel must write every
+    /// element, and `assert_close` fails on any NaN left over.
     Out(usize),
 }
 
@@ -416,7 +418,7 @@ fn im2col_unfold_and_fold_match_the_cpu_twins() {
 }
 
 /// The checks have teeth: a parameter struct of the wrong size is refused, and a grid one block
-/// short leaves outputs the comparison catches.
+/// short leaves outputs unwritten (NaN, as the harness fills them) that the comparison catches.
 #[test]
 fn the_emulation_notices_layout_and_launch_mistakes() {
     let Some(exe) = harness() else { return };
@@ -440,7 +442,9 @@ fn the_emulation_notices_layout_and_launch_mistakes() {
         &[Arg::Params(bytes_of(&p)), Arg::F32(&nrm), Arg::F32(&r), Arg::F32(&gamma), Arg::Out(900)],
     );
     let twin = shade_fwd_cpu(&p, &nrm, &r, &gamma);
-    assert!(out[0][..768] == twin[..768] && out[0][768..].iter().all(|x| *x == 0.0) && twin[899] != 0.0);
+    assert!(out[0][..768] == twin[..768] && out[0][768..].iter().all(|x| x.is_nan()));
+    let caught = std::panic::catch_unwind(|| assert_close("short grid", &out[0], &twin, 1e-6));
+    assert!(caught.is_err(), "assert_close let unwritten (NaN) outputs through");
 }
 
 /// `kernels/render.cu` sizes its shared reduction buffers with its own `BLOCK`: a larger launch

@@ -160,6 +160,8 @@ impl CustomOp1 for Unfold {
 /// - returns: `[C, B, H, W]` (the geometry in `p`)
 pub fn fold(grad: &Tensor, p: &ConvParams) -> candle_core::Result<Tensor> {
     let shape = (p.channels as usize, p.batch as usize, p.height as usize, p.width as usize); // [C, B, H, W]
+    let (rows, cols) = p.cols_shape();
+    crate::kernel::expect_dims(grad, &[rows, cols], "fold", "grad")?;
     #[cfg(feature = "cuda")]
     if grad.device().is_cuda() {
         return super::cuda::fold(p, grad, shape);
@@ -254,5 +256,9 @@ mod tests {
         let lhs = (&cols * &g).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         let rhs = (&x * fold(&g, &p).unwrap()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!((lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+        // A gradient of another size is refused, not read past its end.
+        let short = g.narrow(1, 0, g.dim(1).unwrap() - 1).unwrap().contiguous().unwrap();
+        let e = fold(&short, &p).unwrap_err().to_string();
+        assert!(e.contains("fold: grad has shape"), "{e}");
     }
 }

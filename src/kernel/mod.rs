@@ -72,10 +72,28 @@ pub(crate) fn float_dtype(t: &Tensor, what: &str) -> candle_core::Result<DType> 
     }
 }
 
-/// Check `[B, N, 3]` and return (B, N).
+/// Check `[B, N, 3]` with B, N >= 1 and return (B, N).
+///
+/// Empty batches and meshes are refused on every device, so that both behave alike: the CUDA
+/// reductions launch one grid row per image, and CUDA has neither empty grids nor empty
+/// allocations.
 pub(crate) fn dims_bn3(t: &Tensor, what: &str) -> candle_core::Result<(usize, usize)> {
     match t.dims() {
+        &[0, _, 3] => candle_core::bail!("{what}: empty batch (shape {:?})", t.dims()),
+        &[_, 0, 3] => candle_core::bail!("{what}: a mesh without vertices (shape {:?})", t.dims()),
         &[b, n, 3] => Ok((b, n)),
         d => candle_core::bail!("{what}: expected shape [B, N, 3], got {d:?}"),
     }
+}
+
+/// Refuse `t` unless its shape is `dims`.
+///
+/// The backward passes take several tensors whose sizes their kernels trust; a mismatch would
+/// read past a buffer (a panic on the CPU; on a GPU an illegal address, which poisons the whole
+/// CUDA context).
+pub(crate) fn expect_dims(t: &Tensor, dims: &[usize], what: &str, name: &str) -> candle_core::Result<()> {
+    if t.dims() != dims {
+        candle_core::bail!("{what}: {name} has shape {:?}, expected {dims:?}", t.dims());
+    }
+    Ok(())
 }

@@ -359,3 +359,54 @@ fn bad_input_is_an_error_or_documented_behaviour() {
     let g = n.sum_all().unwrap().backward().unwrap();
     assert!(g.get(var.as_tensor()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().is_finite());
 }
+
+/// The backward passes are public functions: a tensor of the wrong shape (or an empty batch) is
+/// an error naming the op and the tensor, never an out-of-bounds read (a panic here, an illegal
+/// address on a GPU).
+#[test]
+fn backward_passes_refuse_mismatched_shapes_and_empty_batches() {
+    let dev = Device::Cpu;
+    let (b, n) = (2usize, 9usize);
+    let t = |dims: &[usize]| Tensor::ones(dims, DType::F32, &dev).unwrap();
+    let err = |r: candle_core::Result<Tensor>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    let tris = [[0u32, 1, 3], [1, 4, 3]];
+    let topo = ops::normals::NormalsTopology::new(n, &tris, &dev).unwrap();
+    let k = Intrinsics { focal: 100.0, width: 8, height: 6, near: 1.0 };
+
+    // Each call is valid but for the one tensor named in the expected message.
+    let cases: Vec<(String, &str)> = vec![
+        (err(ops::normals::normals_backward(&t(&[b, n, 3]), &t(&[b, n - 1, 3]), &topo)), "grad has shape"),
+        (err(ops::normals::normals_backward(&t(&[b, n + 1, 3]), &t(&[b, n + 1, 3]), &topo)), "the topology has 9"),
+        (
+            err(ops::shade::shade_backward(&t(&[b, n, 3]), &t(&[b, n, 3]), &t(&[b, 9]), &t(&[b, n, 3])).map(|r| r.0)),
+            "gamma has shape [2, 9], expected [2, 27]",
+        ),
+        (
+            err(ops::shade::shade_backward(&t(&[b, n, 3]), &t(&[1, n, 3]), &t(&[b, 27]), &t(&[b, n, 3])).map(|r| r.0)),
+            "reflectance has shape",
+        ),
+        (
+            err(ops::photo::photo_backward(&t(&[b, n, 3]), &t(&[b, n, 3]), &t(&[b, n]), &t(&[b + 1]), 1e-8)),
+            "grad has shape [3], expected [2]",
+        ),
+        (
+            err(ops::photo::photo_backward(&t(&[b, n, 3]), &t(&[b, n, 3]), &t(&[b, n, 1]), &t(&[b]), 1e-8)),
+            "mask has shape",
+        ),
+        (
+            err(ops::sample::sample_backward(&t(&[b, n, 3]), &t(&[b, 8, 6, 3]), &k, &t(&[b, n, 3]))),
+            "image has shape [2, 8, 6, 3], expected [2, 6, 8, 3]",
+        ),
+        (err(ops::sample::sample_backward(&t(&[b, n, 3]), &t(&[b, 6, 8, 3]), &k, &t(&[b, n]))), "grad has shape"),
+        (err(ops::normals::vertex_normals(&t(&[0, n, 3]), &topo)), "empty batch"),
+        (err(ops::photo::photometric_l21(&t(&[b, 0, 3]), &t(&[b, 0, 3]), &t(&[b, 0]))), "without vertices"),
+    ];
+    for (i, (msg, want)) in cases.iter().enumerate() {
+        assert!(msg.contains(want), "case {i}: expected an error containing {want:?}, got {msg:?}");
+    }
+    // The same calls with every shape right succeed (so the checks above are not blanket refusals).
+    ops::normals::normals_backward(&t(&[b, n, 3]), &t(&[b, n, 3]), &topo).unwrap();
+    ops::shade::shade_backward(&t(&[b, n, 3]), &t(&[b, n, 3]), &t(&[b, 27]), &t(&[b, n, 3])).unwrap();
+    ops::photo::photo_backward(&t(&[b, n, 3]), &t(&[b, n, 3]), &t(&[b, n]), &t(&[b]), 1e-8).unwrap();
+    ops::sample::sample_backward(&t(&[b, n, 3]), &t(&[b, 6, 8, 3]), &k, &t(&[b, n, 3])).unwrap();
+}

@@ -5,7 +5,7 @@ use super::normals::{NormalsParams, NormalsTopology};
 use super::photo::PhotoParams;
 use super::sample::SampleParams;
 use super::shade::ShadeParams;
-use crate::kernel::cuda::{check_f32, config, cuda_of, linear, to_tensor, view};
+use crate::kernel::cuda::{alloc_out, check_f32, config, cuda_of, cuda_on, linear, to_tensor, view, view_all};
 use crate::kernel::launch;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::cuda_backend::WrapErr;
@@ -35,15 +35,15 @@ pub(crate) fn normals_fwd(
     topo: &NormalsTopology,
 ) -> Result<CudaStorage> {
     let dev = &s.device;
-    let v = view::<f32>(s, l, "normals")?;
+    let total = p.batch as usize * p.num_vertices as usize;
+    let v = view::<f32>(s, l, total * 3, "normals")?;
     let (gt, lt) = topo.triangles.storage_and_layout();
     let (go, lo) = topo.offsets.storage_and_layout();
     let (gv, lv) = topo.vertex_triangles.storage_and_layout();
-    let tris = view::<u32>(cuda_of(&gt, "normals")?, lt, "normals")?;
-    let offs = view::<u32>(cuda_of(&go, "normals")?, lo, "normals")?;
-    let vt = view::<u32>(cuda_of(&gv, "normals")?, lv, "normals")?;
-    let total = p.batch as usize * p.num_vertices as usize;
-    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let tris = view::<u32>(cuda_on(&gt, dev, "normals")?, lt, p.num_triangles as usize * 3, "normals")?;
+    let offs = view::<u32>(cuda_on(&go, dev, "normals")?, lo, p.num_vertices as usize + 1, "normals")?;
+    let vt = view_all::<u32>(cuda_on(&gv, dev, "normals")?, lv, "normals")?;
+    let out = alloc_out(dev, total * 3)?;
     let f = dev.get_or_load_custom_func("fml_normals_fwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&v).arg(&tris).arg(&offs).arg(&vt).arg(&out);
@@ -62,17 +62,17 @@ pub(crate) fn normals_bwd(
     let (gg, lg) = grad.storage_and_layout();
     let s = cuda_of(&gs, "normals backward")?;
     let dev = &s.device;
-    let v = view::<f32>(s, ls, "normals backward")?;
-    let g = view::<f32>(cuda_of(&gg, "normals backward")?, lg, "normals backward")?;
+    let total = p.batch as usize * p.num_vertices as usize;
+    let v = view::<f32>(s, ls, total * 3, "normals backward")?;
+    let g = view::<f32>(cuda_on(&gg, dev, "normals backward")?, lg, total * 3, "normals backward")?;
     let (gt, lt) = topo.triangles.storage_and_layout();
     let (go, lo) = topo.offsets.storage_and_layout();
     let (gv, lv) = topo.vertex_triangles.storage_and_layout();
-    let tris = view::<u32>(cuda_of(&gt, "normals")?, lt, "normals")?;
-    let offs = view::<u32>(cuda_of(&go, "normals")?, lo, "normals")?;
-    let vt = view::<u32>(cuda_of(&gv, "normals")?, lv, "normals")?;
-    let total = p.batch as usize * p.num_vertices as usize;
-    let gacc = dev.alloc_zeros::<f32>(total * 3)?;
-    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let tris = view::<u32>(cuda_on(&gt, dev, "normals")?, lt, p.num_triangles as usize * 3, "normals")?;
+    let offs = view::<u32>(cuda_on(&go, dev, "normals")?, lo, p.num_vertices as usize + 1, "normals")?;
+    let vt = view_all::<u32>(cuda_on(&gv, dev, "normals")?, lv, "normals")?;
+    let gacc = alloc_out(dev, total * 3)?;
+    let out = alloc_out(dev, total * 3)?;
     let f1 = dev.get_or_load_custom_func("fml_normals_bwd_acc", MODULE, PTX)?;
     let mut b1 = f1.builder();
     b1.arg(p).arg(&v).arg(&g).arg(&tris).arg(&offs).arg(&vt).arg(&gacc);
@@ -96,9 +96,11 @@ pub(crate) fn shade_fwd(
     l3: &Layout,
 ) -> Result<CudaStorage> {
     let dev = &s1.device;
-    let (n, r, g) = (view::<f32>(s1, l1, "shade")?, view::<f32>(s2, l2, "shade")?, view::<f32>(s3, l3, "shade")?);
     let total = p.batch as usize * p.num_vertices as usize;
-    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let n = view::<f32>(s1, l1, total * 3, "shade")?;
+    let r = view::<f32>(s2, l2, total * 3, "shade")?;
+    let g = view::<f32>(s3, l3, p.batch as usize * 27, "shade")?;
+    let out = alloc_out(dev, total * 3)?;
     let f = dev.get_or_load_custom_func("fml_shade_fwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&n).arg(&r).arg(&g).arg(&out);
@@ -120,16 +122,17 @@ pub(crate) fn shade_bwd(
     let (g4, l4) = grad.storage_and_layout();
     let s1 = cuda_of(&g1, "shade backward")?;
     let dev = &s1.device;
-    let n = view::<f32>(s1, l1, "shade backward")?;
-    let r = view::<f32>(cuda_of(&g2, "shade backward")?, l2, "shade backward")?;
-    let gm = view::<f32>(cuda_of(&g3, "shade backward")?, l3, "shade backward")?;
-    let g = view::<f32>(cuda_of(&g4, "shade backward")?, l4, "shade backward")?;
     let total = p.batch as usize * p.num_vertices as usize;
+    let what = "shade backward";
+    let n = view::<f32>(s1, l1, total * 3, what)?;
+    let r = view::<f32>(cuda_on(&g2, dev, what)?, l2, total * 3, what)?;
+    let gm = view::<f32>(cuda_on(&g3, dev, what)?, l3, p.batch as usize * 27, what)?;
+    let g = view::<f32>(cuda_on(&g4, dev, what)?, l4, total * 3, what)?;
     let (cfg, blocks) = per_image(p.batch, p.num_vertices)?;
-    let gn = dev.alloc_zeros::<f32>(total * 3)?;
-    let gr = dev.alloc_zeros::<f32>(total * 3)?;
-    let partial = dev.alloc_zeros::<f32>(p.batch as usize * blocks as usize * 27)?;
-    let gg = dev.alloc_zeros::<f32>(p.batch as usize * 27)?;
+    let gn = alloc_out(dev, total * 3)?;
+    let gr = alloc_out(dev, total * 3)?;
+    let partial = alloc_out(dev, p.batch as usize * blocks as usize * 27)?;
+    let gg = alloc_out(dev, p.batch as usize * 27)?;
     let f = dev.get_or_load_custom_func("fml_shade_bwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&n).arg(&r).arg(&gm).arg(&g).arg(&gn).arg(&gr).arg(&partial);
@@ -144,14 +147,19 @@ pub(crate) fn shade_bwd(
 
 // ------------------------------------------------------------------------------ sampling
 
+/// Elements of the `[B, H, W, 3]` images the sampling kernels read.
+fn image_len(p: &SampleParams) -> usize {
+    p.batch as usize * p.height as usize * p.width as usize * 3
+}
+
 pub(crate) fn sample_fwd(p: &SampleParams, s: &CudaStorage, l: &Layout, image: &Tensor) -> Result<CudaStorage> {
     check_f32(image, "sample")?;
     let dev = &s.device;
-    let v = view::<f32>(s, l, "sample")?;
-    let (gi, li) = image.storage_and_layout();
-    let img = view::<f32>(cuda_of(&gi, "sample")?, li, "sample")?;
     let total = p.batch as usize * p.num_vertices as usize;
-    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let v = view::<f32>(s, l, total * 3, "sample")?;
+    let (gi, li) = image.storage_and_layout();
+    let img = view::<f32>(cuda_on(&gi, dev, "sample")?, li, image_len(p), "sample")?;
+    let out = alloc_out(dev, total * 3)?;
     let f = dev.get_or_load_custom_func("fml_sample_fwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&v).arg(&img).arg(&out);
@@ -166,11 +174,12 @@ pub(crate) fn sample_bwd(p: &SampleParams, vertices: &Tensor, image: &Tensor, gr
     let (g3, l3) = grad.storage_and_layout();
     let s1 = cuda_of(&g1, "sample backward")?;
     let dev = &s1.device;
-    let v = view::<f32>(s1, l1, "sample backward")?;
-    let img = view::<f32>(cuda_of(&g2, "sample backward")?, l2, "sample backward")?;
-    let g = view::<f32>(cuda_of(&g3, "sample backward")?, l3, "sample backward")?;
     let total = p.batch as usize * p.num_vertices as usize;
-    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let what = "sample backward";
+    let v = view::<f32>(s1, l1, total * 3, what)?;
+    let img = view::<f32>(cuda_on(&g2, dev, what)?, l2, image_len(p), what)?;
+    let g = view::<f32>(cuda_on(&g3, dev, what)?, l3, total * 3, what)?;
+    let out = alloc_out(dev, total * 3)?;
     let f = dev.get_or_load_custom_func("fml_sample_bwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&v).arg(&img).arg(&g).arg(&out);
@@ -189,9 +198,9 @@ fn photo_sums(
     m: &CudaView<f32>,
 ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
     let (cfg, blocks) = per_image(p.batch, p.num_vertices)?;
-    let partial = dev.alloc_zeros::<f32>(p.batch as usize * blocks as usize * 2)?;
-    let loss = dev.alloc_zeros::<f32>(p.batch as usize)?;
-    let counts = dev.alloc_zeros::<f32>(p.batch as usize)?;
+    let partial = alloc_out(dev, p.batch as usize * blocks as usize * 2)?;
+    let loss = alloc_out(dev, p.batch as usize)?;
+    let counts = alloc_out(dev, p.batch as usize)?;
     let f = dev.get_or_load_custom_func("fml_photo_partial", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(a).arg(c).arg(m).arg(&partial);
@@ -213,7 +222,10 @@ pub(crate) fn photo_fwd(
     l3: &Layout,
 ) -> Result<CudaStorage> {
     let dev = &s1.device;
-    let (a, c, m) = (view::<f32>(s1, l1, "photo")?, view::<f32>(s2, l2, "photo")?, view::<f32>(s3, l3, "photo")?);
+    let total = p.batch as usize * p.num_vertices as usize;
+    let a = view::<f32>(s1, l1, total * 3, "photo")?;
+    let c = view::<f32>(s2, l2, total * 3, "photo")?;
+    let m = view::<f32>(s3, l3, total, "photo")?;
     let (loss, _) = photo_sums(p, dev, &a, &c, &m)?;
     Ok(CudaStorage::wrap_cuda_slice(loss, dev.clone()))
 }
@@ -232,13 +244,14 @@ pub(crate) fn photo_bwd(
     let (g4, l4) = grad.storage_and_layout();
     let s1 = cuda_of(&g1, "photo backward")?;
     let dev = &s1.device;
-    let a = view::<f32>(s1, l1, "photo backward")?;
-    let c = view::<f32>(cuda_of(&g2, "photo backward")?, l2, "photo backward")?;
-    let m = view::<f32>(cuda_of(&g3, "photo backward")?, l3, "photo backward")?;
-    let g = view::<f32>(cuda_of(&g4, "photo backward")?, l4, "photo backward")?;
-    let (_, counts) = photo_sums(p, dev, &a, &c, &m)?;
     let total = p.batch as usize * p.num_vertices as usize;
-    let out = dev.alloc_zeros::<f32>(total * 3)?;
+    let what = "photo backward";
+    let a = view::<f32>(s1, l1, total * 3, what)?;
+    let c = view::<f32>(cuda_on(&g2, dev, what)?, l2, total * 3, what)?;
+    let m = view::<f32>(cuda_on(&g3, dev, what)?, l3, total, what)?;
+    let g = view::<f32>(cuda_on(&g4, dev, what)?, l4, p.batch as usize, what)?;
+    let (_, counts) = photo_sums(p, dev, &a, &c, &m)?;
+    let out = alloc_out(dev, total * 3)?;
     let f = dev.get_or_load_custom_func("fml_photo_bwd", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(p).arg(&a).arg(&c).arg(&m).arg(&g).arg(&counts).arg(&out);

@@ -15,4 +15,4 @@ pub mod shade;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
-pub(crate) use crate::kernel::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, float_dtype, with_cpu};
+pub(crate) use crate::kernel::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, expect_dims, float_dtype, with_cpu};

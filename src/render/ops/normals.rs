@@ -2,7 +2,7 @@
 //! backward: every vertex loops over its incident triangles, so no atomics are needed and results
 //! are deterministic on CPU and GPU.
 
-use super::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, float_dtype, with_cpu};
+use super::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, expect_dims, float_dtype, with_cpu};
 use crate::face_model::topology::VertexTriangles;
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -217,7 +217,11 @@ impl CustomOp1 for NormalsOp {
 /// # Shapes
 /// `vertices`, `grad`: `[B, N, 3]` -> `[B, N, 3]`.
 pub fn normals_backward(vertices: &Tensor, grad: &Tensor, topo: &NormalsTopology) -> candle_core::Result<Tensor> {
-    let (b, _) = dims_bn3(vertices, "normals backward")?;
+    let (b, n) = dims_bn3(vertices, "normals backward")?;
+    if n != topo.num_vertices {
+        candle_core::bail!("normals backward: {n} vertices but the topology has {}", topo.num_vertices);
+    }
+    expect_dims(grad, &[b, n, 3], "normals backward", "grad")?;
     let p = topo.params(b);
     #[cfg(feature = "cuda")]
     if vertices.device().is_cuda() {

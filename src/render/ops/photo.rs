@@ -1,7 +1,7 @@
 //! The dense photometric term (eq. 9) as a fused custom op: per image, the mean over visible
 //! vertices of the l2 norm of the colour difference (the l2,1 norm), with its gradient.
 
-use super::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, float_dtype, with_cpu};
+use super::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, expect_dims, float_dtype, with_cpu};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -156,6 +156,9 @@ pub fn photo_backward(
     eps: f32,
 ) -> candle_core::Result<Tensor> {
     let (b, n) = dims_bn3(sampled, "photo backward")?;
+    expect_dims(shaded, &[b, n, 3], "photo backward", "shaded")?;
+    expect_dims(mask, &[b, n], "photo backward", "mask")?;
+    expect_dims(grad, &[b], "photo backward", "grad")?;
     let p = PhotoParams { batch: b as u32, num_vertices: n as u32, eps };
     #[cfg(feature = "cuda")]
     if sampled.device().is_cuda() {

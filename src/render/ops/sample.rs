@@ -5,7 +5,7 @@
 //! Points that cannot be sampled (behind the near plane, or whose 2x2 pixel neighbourhood leaves
 //! the image) return colour 0 and zero gradient; the visibility mask excludes them from losses.
 
-use super::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, float_dtype, with_cpu};
+use super::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, expect_dims, float_dtype, with_cpu};
 use crate::render::camera::Intrinsics;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -189,6 +189,11 @@ pub fn sample_backward(
     grad: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let (b, n) = dims_bn3(vertices, "sample backward")?;
+    if k.width < 2 || k.height < 2 {
+        candle_core::bail!("sample backward: image must be at least 2x2");
+    }
+    expect_dims(image, &[b, k.height, k.width, 3], "sample backward", "image")?;
+    expect_dims(grad, &[b, n, 3], "sample backward", "grad")?;
     let p = SampleParams::new(b, n, k);
     #[cfg(feature = "cuda")]
     if vertices.device().is_cuda() {

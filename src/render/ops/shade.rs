@@ -1,7 +1,7 @@
 //! SH shading (eq. 5) as a custom op: `c_i = r_i ⊙ sum_b gamma_b H_b(n_i)` per colour channel,
 //! with gradients to normals, reflectance and the 27 illumination coefficients.
 
-use super::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, float_dtype, with_cpu};
+use super::{CPU_BLOCK, Real, cpu_slice, cpu_tensor, dims_bn3, expect_dims, float_dtype, with_cpu};
 use crate::render::sh::{C0, C1, C2, C3, C4};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -194,6 +194,9 @@ pub fn shade_backward(
     grad: &Tensor,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let (b, nv) = dims_bn3(normals, "shade backward")?;
+    expect_dims(reflectance, &[b, nv, 3], "shade backward", "reflectance")?;
+    expect_dims(gamma, &[b, 27], "shade backward", "gamma")?;
+    expect_dims(grad, &[b, nv, 3], "shade backward", "grad")?;
     let p = ShadeParams { batch: b as u32, num_vertices: nv as u32 };
     #[cfg(feature = "cuda")]
     if normals.device().is_cuda() {
