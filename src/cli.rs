@@ -813,10 +813,28 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
     use fml::infer::{Extra, OverlayConfig, ReconstructOptions, Reconstructor};
     let req = a.request();
     let plan = fml::infer::batch::plan(&req)?;
-    // The output folder before any work: a path that cannot be written fails now, not per image.
-    let out_dir = if plan.single { req.output.parent().map(PathBuf::from) } else { Some(req.output.clone()) };
-    if let Some(d) = out_dir.filter(|d| !d.as_os_str().is_empty()) {
-        fml::io::create_dir(&d)?;
+    if plan.single
+        && plan.items.is_empty()
+        && let Some(f) = plan.failures.first()
+    {
+        anyhow::bail!("{}: {}", f.input, f.error);
+    }
+    // The output paths before any work: one that cannot be written fails now, not per image
+    // after the network has run. A single image's outputs are probed (nothing is left behind);
+    // an output folder is created, and removed again below if nothing was written into it.
+    let mut created_dir = None;
+    if plan.single {
+        for item in &plan.items {
+            for p in [Some(&item.mesh), item.params.as_ref(), item.overlay.as_ref()].into_iter().flatten() {
+                fml::io::probe_writable(p)?;
+            }
+        }
+    } else {
+        if !req.output.exists() {
+            created_dir = Some(req.output.clone());
+        }
+        fml::io::create_dir(&req.output)?;
+        fml::io::probe_writable(&req.output.join("probe"))?;
     }
     // Without landmarks or a box the whole image is taken as the face crop: right for ready
     // crops, wrong for a photograph, so say so (--whole asks for it and silences this).
@@ -849,6 +867,12 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
             outln!("wrote {}", p.display());
         }
         return Ok(());
+    }
+    if report.written == 0
+        && let Some(d) = &created_dir
+    {
+        // Only succeeds while empty: a folder this run made and left with nothing useful in it.
+        let _ = std::fs::remove_dir(d);
     }
     if report.failures.is_empty() {
         outln!("{report}");
@@ -903,11 +927,10 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             }
             let mut model = fml::face_model::demo::demo_model();
             truncate.apply(&mut model)?;
-            model.save(&output)?;
+            fml::face_model::format::save_with_mesh(&model, &output, mesh.as_deref())?;
             outln!("{}", model.summary());
             outln!("wrote {}", output.display());
             if let Some(mesh) = mesh {
-                model.mean_mesh().save(&mesh)?;
                 outln!("wrote {}", mesh.display());
             }
         }
@@ -918,11 +941,10 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             let opts = args.options()?;
             let mut model = fml::face_model::import::import_model(args.format(), &args.input, &opts)?;
             args.truncate.apply(&mut model)?;
-            model.save(&args.output)?;
+            fml::face_model::format::save_with_mesh(&model, &args.output, args.mesh.as_deref())?;
             outln!("{}", model.summary());
             outln!("wrote {}", args.output.display());
             if let Some(mesh) = &args.mesh {
-                model.mean_mesh().save(mesh)?;
                 outln!("wrote {}", mesh.display());
             }
         }
@@ -936,9 +958,9 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
 
 fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     a.land_map.apply()?;
-    // The --json folder before the evaluation, not after it.
-    if let Some(parent) = a.json.as_deref().and_then(|j| j.parent()).filter(|p| !p.as_os_str().is_empty()) {
-        fml::io::create_dir(parent)?;
+    // --json is checked before the evaluation (minutes to hours), not when it is written after it.
+    if let Some(j) = &a.json {
+        fml::io::probe_writable(j).map_err(|e| anyhow::anyhow!(e).context("--json"))?;
     }
     use fml::infer::eval::{EvalConfig, evaluate_facewarehouse};
     let device = fml::train::select_device(&a.device)?;
@@ -996,6 +1018,10 @@ fn with_tf32(mut v: serde_json::Value, tf32: bool) -> serde_json::Value {
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     use fml::bench;
+    // --json before the measurements, not after them.
+    if let Some(j) = &a.json {
+        fml::io::probe_writable(j).map_err(|e| anyhow::anyhow!(e).context("--json"))?;
+    }
     let device = fml::train::select_device(&a.device)?;
     let tf32 = apply_tf32(&device, a.tf32);
     outln!(

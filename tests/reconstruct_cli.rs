@@ -372,3 +372,76 @@ fn export_from_a_checkpoint_file_reconstructs_identically() {
         .success();
     fml().arg("export").arg(d.join("nope")).arg("-o").arg(d.join("x")).assert().failure().stderr(contains("nope"));
 }
+
+/// Outputs never replace inputs or each other, a failure leaves no partial set of outputs, and
+/// a folder run that writes nothing leaves no folder behind.
+#[test]
+fn outputs_never_overwrite_inputs_and_are_written_all_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = make_run(&d.join("run"), 0, |_| vec![]);
+    let img = d.join("in.png");
+    picture(64, 64).save(&img).unwrap();
+    let mut lm = Landmarks68 { points: [[32.0, 32.0]; 68], confidence: [1.0; 68] };
+    lm.points[0] = [12.0, 14.0];
+    lm.points[1] = [50.0, 52.0];
+    let pts = d.join("in.pts");
+    write_pts(&pts, &lm).unwrap();
+    let (img_bytes, pts_bytes) = (std::fs::read(&img).unwrap(), std::fs::read(&pts).unwrap());
+    let rec = |args: &[&str]| {
+        let mut c = fml();
+        c.current_dir(d).args(["reconstruct", "-q", "--checkpoint"]).arg(&run).args(args);
+        c.assert()
+    };
+
+    // The overlay onto the input image, the parameter record onto the landmark file (given by a
+    // path that differs in spelling), the record onto the mesh.
+    rec(&["in.png", "-o", "m.obj", "--overlay", "./in.png"]).failure().stderr(contains("would overwrite the input"));
+    let sub = d.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    rec(&["in.png", "-o", "m.obj", "--params", "sub/../in.pts"])
+        .failure()
+        .stderr(contains("--params sub/../in.pts would overwrite the input in.pts"));
+    rec(&["in.png", "-o", "same.obj", "--params", "same.obj"]).failure().stderr(contains("are the same file"));
+    assert_eq!(std::fs::read(&img).unwrap(), img_bytes);
+    assert_eq!(std::fs::read(&pts).unwrap(), pts_bytes);
+
+    // An unwritable or impossible side output fails before any work and leaves no mesh.
+    rec(&["in.png", "-o", "p1.obj", "--overlay", "p1.obj.txt"]).failure().stderr(contains("write images as .png"));
+    rec(&["in.png", "-o", "p2.obj", "--params", "sub"]).failure().stderr(contains("sub: is a folder"));
+    // An old mesh at the target survives a failed run untouched.
+    std::fs::write(d.join("p3.obj"), b"old").unwrap();
+    rec(&["in.png", "-o", "p3.obj", "--params", "sub"]).failure();
+    assert_eq!(std::fs::read(d.join("p3.obj")).unwrap(), b"old");
+    for f in ["m.obj", "same.obj", "p1.obj", "p2.obj"] {
+        assert!(!d.join(f).exists(), "{f} written by a failed run");
+    }
+
+    // A missing image is reported as such, before anything else.
+    rec(&["nope.png", "-o", "n.obj"]).failure().stderr(contains("nope.png: no such file"));
+    // Folder inputs need a folder output; a folder run that writes nothing leaves none behind.
+    rec(&["sub", "-o", "all.obj"]).failure().stderr(contains("names a mesh file"));
+    rec(&["sub", "-o", "outdir"]).failure().stderr(contains("no images in this folder"));
+    assert!(!d.join("outdir").exists());
+    // The same calls with proper paths work (the checks above are not blanket refusals).
+    rec(&["in.png", "-o", "ok/m.obj", "--overlay", "--params"]).success();
+    for f in ["ok/m.obj", "ok/m.json", "ok/m.overlay.png"] {
+        assert!(d.join(f).is_file(), "{f} missing");
+    }
+    // No temporary files anywhere.
+    for e in walk(d) {
+        assert!(!e.file_name().unwrap().to_string_lossy().contains(".tmp-"), "{} left", e.display());
+    }
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

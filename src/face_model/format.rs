@@ -213,9 +213,20 @@ pub fn to_bytes(model: &FaceModel) -> Result<Vec<u8>> {
 
 /// Validate and write atomically.
 pub fn save(model: &FaceModel, path: &Path) -> Result<()> {
+    save_with_mesh(model, path, None)
+}
+
+/// Save the model and, when `mesh` is given, its mean face as a mesh (.obj / .ply) with it: both
+/// or, when one cannot be written, neither.
+pub fn save_with_mesh(model: &FaceModel, path: &Path, mesh: Option<&Path>) -> Result<()> {
     model.validate(path)?;
     let bytes = to_bytes(model)?;
-    crate::io::write_atomic_bytes(path, &bytes)
+    let mut group = crate::io::WriteGroup::new();
+    group.stage_bytes(path, &bytes)?;
+    if let Some(m) = mesh {
+        model.mean_mesh().stage(&mut group, m)?;
+    }
+    group.commit()
 }
 
 #[cfg(test)]

@@ -182,8 +182,10 @@ pub fn plan(req: &Request) -> Result<Plan> {
                 Ok(list) => images.extend(list.into_iter().map(|p| (stem(&p), p))),
                 Err(e) => failures.push(Failure { input: input.display().to_string(), error: e.to_string() }),
             }
+        } else if !input.exists() {
+            failures.push(Failure { input: input.display().to_string(), error: "no such file".into() });
         } else {
-            // Missing or unreadable files fail when they are read, with the decoder's message.
+            // Unreadable files fail when they are read, with the decoder's message.
             images.push((stem(input), input.clone()));
         }
     }
@@ -224,6 +226,14 @@ pub fn plan(req: &Request) -> Result<Plan> {
             });
         }
     } else {
+        let ext = req.output.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if !req.output.is_dir() && matches!(ext.as_deref(), Some("obj" | "ply")) {
+            return Err(Error::invalid(format!(
+                "{}: with a folder, a list or several images the output is a folder of meshes, and this \
+                 names a mesh file (give a folder; --mesh-format picks .obj or .ply)",
+                req.output.display()
+            )));
+        }
         for (flag, x) in [("--params", &req.params), ("--overlay", &req.overlay)] {
             if let Extra::At(p) = x {
                 return Err(Error::invalid(format!(
@@ -256,30 +266,97 @@ pub fn plan(req: &Request) -> Result<Plan> {
             });
         }
     }
+    for it in &items {
+        if let Some(o) = &it.overlay {
+            image_format(o)?;
+        }
+    }
+    check_no_overwrites(&items)?;
     Ok(Plan { items, failures, single })
+}
+
+/// The image format for an output path: PNG, JPEG or BMP by its extension.
+pub fn image_format(path: &Path) -> Result<image::ImageFormat> {
+    image::ImageFormat::from_path(path)
+        .ok()
+        .filter(|f| matches!(f, image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::Bmp))
+        .ok_or_else(|| Error::invalid(format!("{}: write images as .png, .jpg or .bmp", path.display())))
+}
+
+/// `img` encoded by the extension of `path`.
+fn encode_image(img: &image::RgbImage, path: &Path) -> Result<Vec<u8>> {
+    let format = image_format(path)?;
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .map_err(|e| Error::invalid(format!("{}: encoding the image: {e}", path.display())))?;
+    Ok(bytes)
 }
 
 /// Encode `img` by the extension of `path` (PNG, JPEG or BMP) and write it atomically.
 pub fn save_image(img: &image::RgbImage, path: &Path) -> Result<()> {
-    let format = image::ImageFormat::from_path(path)
-        .ok()
-        .filter(|f| matches!(f, image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::Bmp))
-        .ok_or_else(|| Error::invalid(format!("{}: write images as .png, .jpg or .bmp", path.display())))?;
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
-        .map_err(|e| Error::invalid(format!("{}: encoding the image: {e}", path.display())))?;
-    crate::io::write_atomic_bytes(path, &bytes)
+    crate::io::write_atomic_bytes(path, &encode_image(img, path)?)
 }
 
-/// Write the mesh, and the parameter record and overlay where planned.
+/// Write the mesh, and the parameter record and overlay where planned: all of them or, when one
+/// cannot be written, none (earlier files of the item keep their old contents).
 pub fn write_outputs(r: &Reconstruction, item: &PlanItem) -> Result<()> {
-    r.mesh().save(&item.mesh)?;
+    let mut group = crate::io::WriteGroup::new();
+    r.mesh().stage(&mut group, &item.mesh)?;
     if let Some(p) = &item.params {
         let json = serde_json::to_string_pretty(&r.params).expect("the record serialises");
-        crate::io::write_atomic_bytes(p, json.as_bytes())?;
+        group.stage_bytes(p, json.as_bytes())?;
     }
     if let (Some(p), Some(img)) = (&item.overlay, &r.overlay) {
-        save_image(img, p)?;
+        group.stage_bytes(p, &encode_image(img, p)?)?;
+    }
+    group.commit()
+}
+
+/// A path made comparable with others that name the same file: absolute, `.` and `..` resolved,
+/// symbolic links followed for the part that exists.
+fn same_file_key(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    // Not there yet (an output): canonicalise its folder.
+    match (p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).canonicalize(), p.file_name()) {
+        (Ok(d), Some(n)) => d.join(n),
+        _ => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+    }
+}
+
+/// Refuse a plan that would write over one of its own inputs (an image or a landmark file) or
+/// write two outputs to one file: both lose data silently.
+fn check_no_overwrites(items: &[PlanItem]) -> Result<()> {
+    let mut inputs = std::collections::HashMap::new();
+    for it in items {
+        if let Some(p) = it.input.path() {
+            inputs.insert(same_file_key(p), p.to_path_buf());
+        }
+        if let CropSpec::Landmarks(l) = &it.input.crop {
+            inputs.insert(same_file_key(l), l.clone());
+        }
+    }
+    let mut outputs: std::collections::HashMap<PathBuf, (&str, &Path)> = std::collections::HashMap::new();
+    for it in items {
+        let outs = [("the mesh", Some(&it.mesh)), ("--params", it.params.as_ref()), ("--overlay", it.overlay.as_ref())];
+        for (what, p) in outs.into_iter().filter_map(|(w, p)| p.map(|p| (w, p.as_path()))) {
+            let key = same_file_key(p);
+            if let Some(input) = inputs.get(&key) {
+                return Err(Error::invalid(format!(
+                    "{what} {} would overwrite the input {}: choose another output path",
+                    p.display(),
+                    input.display()
+                )));
+            }
+            if let Some((other, q)) = outputs.insert(key, (what, p)) {
+                return Err(Error::invalid(format!(
+                    "{what} {} and {other} {} are the same file: choose different output paths",
+                    p.display(),
+                    q.display()
+                )));
+            }
+        }
     }
     Ok(())
 }

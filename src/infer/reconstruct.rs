@@ -90,6 +90,14 @@ impl InputImage {
         InputImage { source: ImageSource::Memory { name: name.into(), image }, crop }
     }
 
+    /// The file it is read from (None for an in-memory image).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.source {
+            ImageSource::File(p) => Some(p),
+            ImageSource::Memory { .. } => None,
+        }
+    }
+
     /// The file path or the in-memory name.
     pub fn name(&self) -> String {
         match &self.source {

@@ -51,31 +51,104 @@ pub fn write_atomic<F>(path: impl AsRef<Path>, fill: F) -> Result<()>
 where
     F: FnOnce(&mut dyn Write) -> std::io::Result<()>,
 {
-    let path = path.as_ref();
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_dir(parent)?;
-    }
-    let tmp = temp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let file = File::create(&tmp)?;
-        let mut w = BufWriter::new(file);
-        fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")));
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    let mut group = WriteGroup::new();
+    group.stage(path, fill)?;
+    group.commit()
 }
 
 /// Write a byte slice to `path` atomically.
 pub fn write_atomic_bytes(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
+}
+
+/// Files that belong together (a mesh with its parameter record and overlay; a model with its
+/// mesh), written all or none: each is staged to a temporary file beside its target, and only
+/// once every one is staged are they renamed into place. A failure while staging (a bad path,
+/// a full disk) leaves every target as it was; dropping an uncommitted group removes its
+/// temporary files.
+#[derive(Default)]
+pub struct WriteGroup {
+    /// (temporary file, target), in staging order.
+    staged: Vec<(PathBuf, PathBuf)>,
+}
+
+impl WriteGroup {
+    pub fn new() -> Self {
+        WriteGroup::default()
+    }
+
+    /// Write `path`'s new contents to a temporary file beside it (creating the folder).
+    pub fn stage<F>(&mut self, path: impl AsRef<Path>, fill: F) -> Result<()>
+    where
+        F: FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return Err(Error::invalid(format!("{}: is a folder, not a file", path.display())));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_dir(parent)?;
+        }
+        let tmp = temp_path(path);
+        // The OS's message for a failed create names no file and can mislead ("No such file or
+        // directory" for a folder that exists but takes no new files, as /proc), so say what failed.
+        let file = File::create(&tmp).map_err(|e| {
+            Error::invalid(format!("{}: cannot create a file in {}: {e}", path.display(), folder_of(path).display()))
+        })?;
+        let result = (|| -> std::io::Result<()> {
+            let mut w = BufWriter::new(file);
+            fill(&mut w)?;
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(path, e));
+        }
+        self.staged.push((tmp, path.to_path_buf()));
+        Ok(())
+    }
+
+    /// Stage a byte slice as `path`'s new contents.
+    pub fn stage_bytes(&mut self, path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+        self.stage(path, |w| w.write_all(bytes))
+    }
+
+    /// Rename every staged file into place, in staging order.
+    pub fn commit(mut self) -> Result<()> {
+        let staged = std::mem::take(&mut self.staged);
+        for (i, (tmp, path)) in staged.iter().enumerate() {
+            if let Err(e) = std::fs::rename(tmp, path) {
+                for (t, _) in &staged[i..] {
+                    let _ = std::fs::remove_file(t);
+                }
+                return Err(Error::io(path, e));
+            }
+            sync_dir(folder_of(path));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteGroup {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// The folder a file path lies in ("." for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Check, before long work, that `path` can be written at its end: it is not a folder and a file
+/// can be created beside it (the folder is created if missing, as the write would). Nothing is
+/// left behind but that folder.
+pub fn probe_writable(path: &Path) -> Result<()> {
+    // Dropped uncommitted: the temporary file goes, the target is untouched.
+    WriteGroup::new().stage_bytes(path, b"")
 }
 
 #[cfg(test)]
@@ -96,6 +169,46 @@ mod tests {
         // No temporary file is left behind.
         let n = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_group_is_written_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.obj"), dir.path().join("b.json"));
+        write_atomic_bytes(&a, b"old").unwrap();
+        // The second file cannot be staged (its path is a folder): the first keeps its old contents.
+        std::fs::create_dir(&b).unwrap();
+        let mut g = WriteGroup::new();
+        g.stage_bytes(&a, b"new").unwrap();
+        let e = g.stage_bytes(&b, b"{}").unwrap_err().to_string();
+        assert!(e.contains("is a folder"), "{e}");
+        drop(g);
+        assert_eq!(std::fs::read(&a).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "temporary files left");
+        // Both stageable: both written.
+        std::fs::remove_dir(&b).unwrap();
+        let mut g = WriteGroup::new();
+        g.stage_bytes(&a, b"new").unwrap();
+        g.stage_bytes(&b, b"{}").unwrap();
+        g.commit().unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"new");
+        assert_eq!(std::fs::read(&b).unwrap(), b"{}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn probing_a_path_leaves_nothing_and_names_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        probe_writable(&dir.path().join("sub/out.json")).unwrap();
+        assert!(!dir.path().join("sub/out.json").exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("sub")).unwrap().count(), 0);
+        let e = probe_writable(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is a folder"), "{e}");
+        #[cfg(target_os = "linux")]
+        {
+            let e = probe_writable(Path::new("/proc/fml-probe.json")).unwrap_err().to_string();
+            assert!(e.contains("cannot create a file in /proc"), "{e}");
+        }
     }
 
     #[test]

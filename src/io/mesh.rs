@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 
+use std::io::Write;
 use std::path::Path;
 
 /// A triangle mesh. Colours, when present, are linear RGB in [0, 1], one per vertex.
@@ -32,59 +33,74 @@ impl Mesh {
 
     /// Write OBJ or PLY, chosen by the extension of `path` (`.obj`, `.ply`), atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut group = crate::io::WriteGroup::new();
+        self.stage(&mut group, path)?;
+        group.commit()
+    }
+
+    /// Stage the mesh as `path` (.obj or .ply) in a group of files written together.
+    pub fn stage(&self, group: &mut crate::io::WriteGroup, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         check_save_path(path)?;
-        if extension(path) == "obj" { self.save_obj(path) } else { self.save_ply(path) }
+        if extension(path) == "obj" {
+            group.stage(path, |w| self.write_obj(w))
+        } else {
+            group.stage(path, |w| self.write_ply(w))
+        }
     }
 
     /// OBJ with `v x y z r g b` lines when colours are present (read by MeshLab and Blender).
     pub fn save_obj(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::io::write_atomic(path, |w| {
-            writeln!(w, "# written by fml")?;
-            for (i, v) in self.vertices.iter().enumerate() {
-                match &self.colors {
-                    Some(c) => {
-                        let c = c[i].map(|x| x.clamp(0.0, 1.0));
-                        writeln!(w, "v {} {} {} {:.4} {:.4} {:.4}", v[0], v[1], v[2], c[0], c[1], c[2])?
-                    }
-                    None => writeln!(w, "v {} {} {}", v[0], v[1], v[2])?,
+        crate::io::write_atomic(path, |w| self.write_obj(w))
+    }
+
+    fn write_obj(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(w, "# written by fml")?;
+        for (i, v) in self.vertices.iter().enumerate() {
+            match &self.colors {
+                Some(c) => {
+                    let c = c[i].map(|x| x.clamp(0.0, 1.0));
+                    writeln!(w, "v {} {} {} {:.4} {:.4} {:.4}", v[0], v[1], v[2], c[0], c[1], c[2])?
                 }
+                None => writeln!(w, "v {} {} {}", v[0], v[1], v[2])?,
             }
-            for t in &self.triangles {
-                writeln!(w, "f {} {} {}", t[0] + 1, t[1] + 1, t[2] + 1)?;
-            }
-            Ok(())
-        })
+        }
+        for t in &self.triangles {
+            writeln!(w, "f {} {} {}", t[0] + 1, t[1] + 1, t[2] + 1)?;
+        }
+        Ok(())
     }
 
     /// Binary little-endian PLY with uchar vertex colours when present.
     pub fn save_ply(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::io::write_atomic(path, |w| {
-            writeln!(w, "ply\nformat binary_little_endian 1.0\ncomment written by fml")?;
-            writeln!(w, "element vertex {}", self.vertices.len())?;
-            writeln!(w, "property float x\nproperty float y\nproperty float z")?;
-            if self.colors.is_some() {
-                writeln!(w, "property uchar red\nproperty uchar green\nproperty uchar blue")?;
+        crate::io::write_atomic(path, |w| self.write_ply(w))
+    }
+
+    fn write_ply(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(w, "ply\nformat binary_little_endian 1.0\ncomment written by fml")?;
+        writeln!(w, "element vertex {}", self.vertices.len())?;
+        writeln!(w, "property float x\nproperty float y\nproperty float z")?;
+        if self.colors.is_some() {
+            writeln!(w, "property uchar red\nproperty uchar green\nproperty uchar blue")?;
+        }
+        writeln!(w, "element face {}", self.triangles.len())?;
+        writeln!(w, "property list uchar int vertex_indices\nend_header")?;
+        for (i, v) in self.vertices.iter().enumerate() {
+            for x in v {
+                w.write_all(&x.to_le_bytes())?;
             }
-            writeln!(w, "element face {}", self.triangles.len())?;
-            writeln!(w, "property list uchar int vertex_indices\nend_header")?;
-            for (i, v) in self.vertices.iter().enumerate() {
-                for x in v {
-                    w.write_all(&x.to_le_bytes())?;
-                }
-                if let Some(c) = &self.colors {
-                    let b = c[i].map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8);
-                    w.write_all(&b)?;
-                }
+            if let Some(c) = &self.colors {
+                let b = c[i].map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8);
+                w.write_all(&b)?;
             }
-            for t in &self.triangles {
-                w.write_all(&[3u8])?;
-                for &i in t {
-                    w.write_all(&(i as i32).to_le_bytes())?;
-                }
+        }
+        for t in &self.triangles {
+            w.write_all(&[3u8])?;
+            for &i in t {
+                w.write_all(&(i as i32).to_le_bytes())?;
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// Read an OBJ: `v x y z [r g b]` and `f` lines (any of `i`, `i/t`, `i//n`, `i/t/n`, negative

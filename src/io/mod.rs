@@ -3,4 +3,4 @@
 pub mod atomic;
 pub mod mesh;
 
-pub use atomic::{create_dir, write_atomic, write_atomic_bytes};
+pub use atomic::{WriteGroup, create_dir, probe_writable, write_atomic, write_atomic_bytes};
