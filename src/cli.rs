@@ -104,10 +104,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
     /// Radius (mm) of the ground-truth face region around the nose tip.
-    #[arg(long, value_name = "MM", default_value_t = fml::infer::eval::EvalConfig::default().radius_mm)]
+    #[arg(long, value_name = "MM", default_value_t = fml::infer::eval::EvalConfig::default().radius_mm, value_parser = parse_positive::<f32>, allow_negative_numbers = true)]
     pub radius: f32,
     /// Factor from ground-truth units (meshes, 3D landmarks) to mm.
-    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, value_parser = parse_positive::<f32>, allow_negative_numbers = true)]
     pub gt_scale: f32,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
@@ -172,7 +172,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub batches: Option<Vec<usize>>,
     /// infer: stop the sweep after a batch size one run of which takes longer (seconds).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = parse_positive::<f64>, allow_negative_numbers = true)]
     pub max_seconds: f64,
     /// infer: timed runs at batch 1 (fewer when they take over 10 s in all).
     #[arg(long, default_value_t = 50)]
@@ -227,7 +227,7 @@ pub struct ReconstructArgs {
     #[arg(long)]
     pub whole: bool,
     /// Crop side as a multiple of the landmark box (as in `fml prepare`).
-    #[arg(long, default_value_t = 1.3)]
+    #[arg(long, default_value_t = 1.3, value_parser = parse_positive::<f32>, allow_negative_numbers = true)]
     pub margin: f32,
     /// Vertex colours shaded by the predicted light instead of the reflectance.
     #[arg(long)]
@@ -241,7 +241,7 @@ pub struct ReconstructArgs {
     #[arg(long, value_name = "O.png", num_args = 0..=1)]
     pub overlay: Option<Option<PathBuf>>,
     /// Opacity of the reconstruction in the overlay (0..=1).
-    #[arg(long, default_value_t = 0.6, value_parser = parse_unit)]
+    #[arg(long, default_value_t = 0.6, value_parser = parse_unit, allow_negative_numbers = true)]
     pub overlay_alpha: f32,
     /// Images per network batch.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -271,6 +271,32 @@ fn parse_unit(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
         _ => Err(format!("{s:?} is not a number in [0, 1]")),
+    }
+}
+
+/// A number in [0, 1) (a fraction that must leave something over).
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?} is not a number in [0, 1)")),
+    }
+}
+
+/// A finite number > 0 (a size, scale or duration). The options that take one accept a leading
+/// `-` (`allow_negative_numbers`) so that "-5" is reported as a negative value, not as an
+/// unknown option.
+fn parse_positive<T: std::str::FromStr + Into<f64> + Copy>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(x) if x.into().is_finite() && x.into() > 0.0 => Ok(x),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+/// A finite number >= 0.
+fn parse_nonneg<T: std::str::FromStr + Into<f64> + Copy>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(x) if x.into().is_finite() && x.into() >= 0.0 => Ok(x),
+        _ => Err(format!("{s:?} is not a number >= 0")),
     }
 }
 
@@ -407,10 +433,11 @@ pub struct TrainArgs {
 pub struct FinetuneArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// The pretraining run (its directory or checkpoint file). With --resume the run continues
-    /// from its own checkpoint and this is not read.
-    #[arg(long)]
-    pub from: PathBuf,
+    /// The pretraining run (its directory or checkpoint file). Not needed with --resume: the run
+    /// continues from its own checkpoint (which records the run it started from) and a value
+    /// given is not read.
+    #[arg(long, required_unless_present = "resume")]
+    pub from: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -515,10 +542,10 @@ pub struct SynthArgs {
     #[arg(long)]
     pub poses: Option<usize>,
     /// Scale of the expression prior's standard deviations [default: 0.6].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_nonneg::<f32>, allow_negative_numbers = true)]
     pub expr_scale: Option<f32>,
     /// Largest head yaw in degrees [default: 40].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_nonneg::<f32>, allow_negative_numbers = true)]
     pub max_yaw: Option<f32>,
     /// Settings file (TOML, any subset of the synth settings recorded in synth.json's "config").
     #[arg(long)]
@@ -592,25 +619,25 @@ pub struct PrepareArgs {
     #[arg(long, default_value_t = 240)]
     pub size: u32,
     /// Fraction of faces put in the validation split.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.02, value_parser = parse_fraction, allow_negative_numbers = true)]
     pub val_fraction: f64,
     /// Seed of the train/validation split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Skip faces whose landmark box is smaller than this (larger side, source pixels).
-    #[arg(long, value_name = "PIXELS", default_value_t = 40.0)]
+    #[arg(long, value_name = "PIXELS", default_value_t = 40.0, value_parser = parse_nonneg::<f32>, allow_negative_numbers = true)]
     pub min_face: f32,
     /// Crop side as a multiple of the landmark box's larger side.
-    #[arg(long, default_value_t = 1.3)]
+    #[arg(long, default_value_t = 1.3, value_parser = parse_positive::<f32>, allow_negative_numbers = true)]
     pub margin: f32,
     /// Fill for crop pixels outside the image.
     #[arg(long, value_enum, default_value_t = fml::data::crop::Pad::Edge)]
     pub pad: fml::data::crop::Pad,
     /// Skip faces whose mean landmark confidence is below this.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_unit, allow_negative_numbers = true)]
     pub min_confidence: f32,
     /// How far (fraction of the face size) a landmark may lie outside the image.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = parse_nonneg::<f32>, allow_negative_numbers = true)]
     pub outside_tolerance: f32,
     /// .land files measure y from the bottom edge of the image.
     #[arg(long)]
@@ -694,16 +721,16 @@ pub struct ImportArgs {
     #[arg(long, value_name = "K")]
     pub identities: Option<usize>,
     /// Factor from source units to mm (defaults: ict 10, bfm-front 100, bfm2009 0.001).
-    #[arg(long, value_name = "FACTOR")]
+    #[arg(long, value_name = "FACTOR", value_parser = parse_positive::<f64>, allow_negative_numbers = true)]
     pub scale: Option<f64>,
     /// Where to put the origin (default: keep for ict/native, centroid for BFM).
     #[arg(long, value_enum)]
     pub origin: Option<OriginArg>,
     /// Derived contour candidates: half-width (mm) of the band around the jaw line.
-    #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().band_mm)]
+    #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().band_mm, value_parser = parse_positive::<f32>, allow_negative_numbers = true)]
     pub contour_band: f32,
     /// Derived contour candidates: how far (mm) behind the jaw line they may lie.
-    #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().depth_mm)]
+    #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().depth_mm, value_parser = parse_nonneg::<f32>, allow_negative_numbers = true)]
     pub contour_depth: f32,
     /// Restrict the face region (photometric term, evaluation) to vertices 0..K.
     #[arg(long, value_name = "K")]
@@ -787,7 +814,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => run_synth(args),
         Command::Prepare(args) => run_prepare(args),
         Command::Train(a) => run_training(a.run.options(fml::train::Stage::Pretrain)?),
-        Command::Finetune(a) => run_training(a.run.options(fml::train::Stage::Finetune { from: a.from.clone() })?),
+        // With --resume `from` is never read (the trainer takes the start from the run's checkpoint).
+        Command::Finetune(a) => {
+            run_training(a.run.options(fml::train::Stage::Finetune { from: a.from.clone().unwrap_or_default() })?)
+        }
         Command::Eval(a) => run_eval(a),
         Command::Bench(a) => run_bench(a),
         Command::Reconstruct(a) => run_reconstruct(a),
@@ -1124,4 +1154,38 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         outln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(args: &[&str]) -> String {
+        Cli::try_parse_from(args).expect_err("must not parse").to_string()
+    }
+
+    #[test]
+    fn finetune_needs_from_only_when_not_resuming() {
+        let c = Cli::try_parse_from(["fml", "finetune", "--config", "c.toml", "--resume"]).unwrap();
+        assert!(matches!(c.command, Command::Finetune(FinetuneArgs { from: None, .. })));
+        let e = parse_err(&["fml", "finetune", "--config", "c.toml"]);
+        assert!(e.contains("--from"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_named_as_such() {
+        for (args, want) in [
+            (&["fml", "eval", "--facewarehouse", "fw", "--radius", "-5"][..], "\"-5\" is not a positive number"),
+            (&["fml", "prepare", "x", "-o", "y", "--min-face", "-1"], "\"-1\" is not a number >= 0"),
+            (&["fml", "prepare", "x", "-o", "y", "--outside-tolerance", "nan"], "is not a number >= 0"),
+            (&["fml", "prepare", "x", "-o", "y", "--val-fraction", "1"], "not a number in [0, 1)"),
+            (&["fml", "reconstruct", "a.png", "-o", "a.obj", "--margin", "0"], "not a positive number"),
+            (&["fml", "synth", "-o", "s", "--expr-scale", "-0.5"], "not a number >= 0"),
+        ] {
+            let e = parse_err(args);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        // In range: accepted.
+        Cli::try_parse_from(["fml", "prepare", "x", "-o", "y", "--min-face", "0", "--val-fraction", "0"]).unwrap();
+    }
 }

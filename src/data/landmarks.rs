@@ -382,6 +382,9 @@ fn parse_land(text: &str, path: &Path, map: Option<&LandMap>) -> Result<Landmark
 /// Read a landmark file by its extension: `.pts` or `.land` (case-insensitive).
 pub fn read_landmark_file(path: impl AsRef<Path>) -> Result<Landmarks68> {
     let path = path.as_ref();
+    if path.is_dir() {
+        return Err(Error::format(path, "a folder, not a landmark file (.pts or .land)"));
+    }
     match extension(path).as_str() {
         "pts" => read_pts(path),
         "land" => read_land(path),
