@@ -45,6 +45,56 @@ impl Default for ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// `path` as a run directory's `config.toml` records it: relative to the run directory, so
+    /// that the run reads from any working directory and can be moved together with its model
+    /// (a path relative to the working directory of the training would only read from there).
+    /// "demo" stays as it is, and so does a path that has no relative form (another drive) or
+    /// cannot be resolved now.
+    ///
+    /// `run_dir` must exist.
+    pub fn path_for_run(&self, run_dir: &Path) -> String {
+        if self.path == "demo" {
+            return self.path.clone();
+        }
+        match (Path::new(&self.path).canonicalize(), run_dir.canonicalize()) {
+            (Ok(model), Ok(run)) => relative_path(&model, &run).unwrap_or(model).to_string_lossy().into_owned(),
+            _ => self.path.clone(),
+        }
+    }
+
+    /// The model file named in a run directory's `config.toml`: a relative path is looked up in
+    /// the run directory first (as [`ModelConfig::path_for_run`] records it; also where
+    /// `fml export` copies the model), then in the working directory (runs recorded before
+    /// paths were made run-relative). None for "demo" or when neither exists.
+    pub fn resolve_in_run(&self, run_dir: &Path) -> Option<PathBuf> {
+        if self.path == "demo" {
+            return None;
+        }
+        let p = Path::new(&self.path);
+        [run_dir.join(p), p.to_path_buf()].into_iter().find(|c| c.exists())
+    }
+}
+
+/// `target` relative to the folder `base` (both absolute and canonical), e.g. `../../m.safetensors`;
+/// None when they share no root.
+fn relative_path(target: &Path, base: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let (t, b): (Vec<Component>, Vec<Component>) = (target.components().collect(), base.components().collect());
+    if t.first() != b.first() {
+        return None;
+    }
+    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c.as_os_str());
+    }
+    Some(out)
+}
+
 /// Training data: a packed dataset written by `fml prepare` (its records carry the
 /// train/validation split).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]

@@ -448,3 +448,59 @@ fn sparse_final_is_off_by_default_and_is_e_sparse_on_the_final_level() {
     assert!(reaches(&sf), "E_sparse on the final level must reach the geometry correctives");
     assert!(!reaches(&s), "E_sparse (eq. 10) is the base level's");
 }
+
+/// A run trained with a face model given relative to the working directory records it relative
+/// to the run directory: the run then reads from any working directory, and `--resume` with the
+/// same config from the original directory still continues it.
+#[test]
+fn a_run_names_its_face_model_relative_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let work = d.join("work");
+    std::fs::create_dir(&work).unwrap();
+    fml::face_model::demo::demo_model().save(work.join("m.safetensors")).unwrap();
+    data(&work);
+    let mut cfg = tiny_config(Path::new("fake.fmlds"));
+    cfg.model.path = "m.safetensors".into();
+    cfg.train.steps = 2;
+    std::fs::write(work.join("c.toml"), cfg.to_toml()).unwrap();
+    let fml = || {
+        let mut c = assert_cmd::Command::cargo_bin("fml").unwrap();
+        c.env_remove("FML_DEFAULT_MODEL");
+        c
+    };
+    fml()
+        .current_dir(&work)
+        .args(["train", "-q", "--config", "c.toml", "--out", "runs/r", "--stop-at", "1"])
+        .assert()
+        .success();
+    let recorded = Config::load(work.join("runs/r/config.toml")).unwrap();
+    assert_eq!(Path::new(&recorded.model.path), Path::new("../../m.safetensors"));
+    // From elsewhere: the run's model is found.
+    picture_for_reconstruct(&d.join("face.png"));
+    fml()
+        .current_dir(d)
+        .args(["reconstruct", "-q", "--whole", "face.png", "-o", "face.obj", "--checkpoint", "work/runs/r"])
+        .assert()
+        .success();
+    // Resumed from the original directory with the config as given: the same model, not a change.
+    fml()
+        .current_dir(&work)
+        .args(["train", "-q", "--config", "c.toml", "--out", "runs/r", "--resume"])
+        .assert()
+        .success();
+    // A different model file is still a change.
+    fml::face_model::demo::demo_model().save(work.join("m2.safetensors")).unwrap();
+    cfg.model.path = "m2.safetensors".into();
+    std::fs::write(work.join("c2.toml"), cfg.to_toml()).unwrap();
+    fml()
+        .current_dir(&work)
+        .args(["train", "-q", "--config", "c2.toml", "--out", "runs/r", "--resume", "--steps", "3"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("model.path differs"));
+}
+
+fn picture_for_reconstruct(p: &Path) {
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 128])).save(p).unwrap();
+}

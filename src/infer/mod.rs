@@ -80,7 +80,7 @@ fn run_paths(run: &Path) -> (PathBuf, PathBuf) {
 /// Load a run: a directory holding `config.toml` and `checkpoint.safetensors` (as written by
 /// `fml train` / `fml finetune` / `fml export`), or the checkpoint file itself next to its
 /// `config.toml`. The face model is the config's (`model.path`: "demo", or a file path, taken
-/// relative to the working directory, then to the run directory).
+/// relative to the run directory, then to the working directory: [`crate::config::ModelConfig::resolve_in_run`]).
 pub fn load_run(run: &Path, device: &Device) -> Result<Trained> {
     let (dir, ckpt) = run_paths(run);
     if !ckpt.exists() {
@@ -97,19 +97,20 @@ pub fn load_run(run: &Path, device: &Device) -> Result<Trained> {
         )));
     }
     let mut config = Config::load(&config_path)?;
-    if config.model.path != "demo" && !Path::new(&config.model.path).exists() {
-        let beside = dir.join(&config.model.path);
-        if !beside.exists() {
-            return Err(Error::format(
-                &config_path,
-                format!(
-                    "model.path = {:?} not found (looked in the working directory and in {})",
-                    config.model.path,
-                    dir.display()
-                ),
-            ));
+    if config.model.path != "demo" {
+        match config.model.resolve_in_run(&dir) {
+            Some(p) => config.model.path = p.to_string_lossy().into_owned(),
+            None => {
+                return Err(Error::format(
+                    &config_path,
+                    format!(
+                        "model.path = {:?} not found (looked in {} and in the working directory)",
+                        config.model.path,
+                        dir.display()
+                    ),
+                ));
+            }
         }
-        config.model.path = beside.to_string_lossy().into_owned();
     }
     let face_model = crate::train::load_face_model(&config.model)?;
     if ck.meta.num_vertices != face_model.num_vertices() {

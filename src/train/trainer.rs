@@ -257,7 +257,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         }
         let ran = opts.out.join("config.toml");
         if ran.exists() {
-            let before = Config::load(&ran)?;
+            let mut before = Config::load(&ran)?;
+            // The record's model path is run-relative (or, in older runs, relative to where that
+            // training ran): the same file given another way is the same model.
+            let same_file = |a: Option<PathBuf>, b: &Path| {
+                a.and_then(|a| a.canonicalize().ok()).is_some_and(|a| b.canonicalize().is_ok_and(|b| a == b))
+            };
+            if same_file(before.model.resolve_in_run(&opts.out), Path::new(&cfg.model.path)) {
+                before.model.path = cfg.model.path.clone();
+            }
             let changed: Vec<String> = config_differences(&before, cfg)
                 .into_iter()
                 .filter(|k| !RESUMABLE_CHANGES.contains(&k.as_str()))
@@ -423,7 +431,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         step = ck.meta.step;
         position = ck.meta.loader;
     }
-    crate::io::write_atomic_bytes(opts.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    // The record names the face model relative to the run directory (readable from anywhere).
+    crate::io::create_dir(&opts.out)?;
+    let mut record = cfg.clone();
+    record.model.path = cfg.model.path_for_run(&opts.out);
+    crate::io::write_atomic_bytes(opts.out.join("config.toml"), record.to_toml().as_bytes())?;
     let mut log = open_log(&opts.out, resumed.as_ref().map_or(0, |c| c.meta.step))?;
     let target = opts.stop_at.map_or(cfg.train.steps, |s| s.min(cfg.train.steps));
 
