@@ -21,6 +21,11 @@ use crate::io::mesh::Mesh;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Smallest [`FaceModel::frontal_area_ratio`] a valid model has. Correctly wound faces lie far
+/// above it (the ICT file 0.53, the demo model 0.54, a hemisphere 0.5); every triangle reversed
+/// gives the same value negated, and a mixed winding nearly 0.
+pub const MIN_FRONTAL_AREA_RATIO: f64 = 0.2;
+
 /// A static affine face model (the paper's base level).
 ///
 /// Bases are stored mode-major: `shape_basis[k * 3N + 3i + c]` is coordinate `c` of vertex `i`
@@ -111,8 +116,9 @@ impl FaceModel {
         format::save(self, path.as_ref())
     }
 
-    /// Check every array's size, every index's range and every value's finiteness; `origin`
-    /// names the source in the error.
+    /// Check every array's size, every index's range and every value's finiteness, and that the
+    /// triangles wind outward (see [`FaceModel::frontal_area_ratio`]); `origin` names the source
+    /// in the error.
     pub fn validate(&self, origin: &Path) -> Result<()> {
         let n = self.num_vertices();
         let bad = |what: String| Err(Error::format(origin, what));
@@ -171,6 +177,36 @@ impl FaceModel {
                 return bad(format!("{name}[{i}] = {} is not a vertex index (N = {n})", set[i]));
             }
         }
+        // Winding, once the triangle and landmark indices are known to be good. A model wound the
+        // wrong way is well formed otherwise but culls its front faces and renders garbage, and
+        // the skin mask derived from its normals on loading comes out nearly empty: checked
+        // before the vertex sets so that the error names the cause, not that symptom.
+        const FIX: &str = "triangles must be counter-clockwise seen from outside, so that their normals point out of \
+                           the face (+z toward a frontal viewer): swap two indices of every triangle ([a, b, c] -> \
+                           [a, c, b]), or re-import the model from its source with `fml model import`, which fixes \
+                           the winding";
+        match self.frontal_area_ratio() {
+            None => return bad("the triangles have no area (all vertices of every triangle coincide)".into()),
+            Some(r) if r < -MIN_FRONTAL_AREA_RATIO => {
+                return bad(format!(
+                    "the triangles wind inward: over the face (the triangles in front of the jaw corners, \
+                     landmarks 0 and 16) the area-weighted normals point into it, toward -z (signed frontal area {:.0}% of the surface area, expected above {:.0}%); {FIX}",
+                    100.0 * r,
+                    100.0 * MIN_FRONTAL_AREA_RATIO
+                ));
+            }
+            Some(r) if r < MIN_FRONTAL_AREA_RATIO => {
+                return bad(format!(
+                    "the triangles do not face the viewer: over the face (the triangles in front of the jaw \
+                     corners, landmarks 0 and 16) the area-weighted normals nearly cancel (signed frontal area \
+                     {:.0}% of the surface area, expected above {:.0}%), so the winding is mixed or the face does \
+                     not look toward +z; {FIX}",
+                    100.0 * r,
+                    100.0 * MIN_FRONTAL_AREA_RATIO
+                ));
+            }
+            Some(_) => {}
+        }
         for (name, set) in [("contour_right", &self.contour_right), ("contour_left", &self.contour_left)] {
             if set.is_empty() {
                 return bad(format!("{name} is empty: the sliding contour points need candidates"));
@@ -183,6 +219,52 @@ impl FaceModel {
             return bad("face_region is empty".into());
         }
         Ok(())
+    }
+
+    /// How much of the face's surface faces the viewer, signed: over the mean shape's triangles
+    /// whose centroid is not behind the jaw corners (landmarks 0 and 16), the sum of the z
+    /// components of the unnormalised normals `(b - a) x (c - a)` divided by the sum of their
+    /// lengths. A z component is twice the triangle's area projected onto the xy plane, positive
+    /// when the triangle is counter-clockwise seen from +z; so the ratio is 1 for a flat face
+    /// toward +z, about 0.5 for a hemisphere, and changes sign when every winding is reversed.
+    /// `None` when those triangles have no area.
+    ///
+    /// The triangles behind the jaw corners are left out because on a mesh that closes around
+    /// the head the back would cancel the front (a closed surface's normals sum to zero). When
+    /// no triangle lies in front (landmarks that are not on the face) every triangle counts.
+    /// Indices out of range are skipped, so this never panics; [`FaceModel::validate`] reports
+    /// them.
+    pub fn frontal_area_ratio(&self) -> Option<f64> {
+        let n = self.num_vertices();
+        let vertex = |i: u32| -> Option<[f64; 3]> {
+            let i = i as usize;
+            (i < n).then(|| [0, 1, 2].map(|c| self.mean_shape[3 * i + c] as f64))
+        };
+        let jaw_z = match (self.landmarks.first().and_then(|&i| vertex(i)), self.landmarks.get(16)) {
+            (Some(a), Some(&b)) => vertex(b).map(|b| 0.5 * (a[2] + b[2])),
+            _ => None,
+        };
+        let sums = |min_z: f64| -> (f64, f64) {
+            let (mut signed, mut total) = (0.0, 0.0);
+            for t in &self.triangles {
+                let (Some(a), Some(b), Some(c)) = (vertex(t[0]), vertex(t[1]), vertex(t[2])) else {
+                    continue;
+                };
+                if (a[2] + b[2] + c[2]) / 3.0 < min_z {
+                    continue;
+                }
+                let (u, v) = ([b[0] - a[0], b[1] - a[1], b[2] - a[2]], [c[0] - a[0], c[1] - a[1], c[2] - a[2]]);
+                let normal = [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]];
+                signed += normal[2];
+                total += (normal[0] * normal[0] + normal[1] * normal[1] + normal[2] * normal[2]).sqrt();
+            }
+            (signed, total)
+        };
+        let (mut signed, mut total) = sums(jaw_z.unwrap_or(f64::NEG_INFINITY));
+        if total <= 0.0 {
+            (signed, total) = sums(f64::NEG_INFINITY);
+        }
+        (total > 0.0).then(|| signed / total)
     }
 
     /// Keep only the first `shape`, `expr`, `albedo` modes (None keeps all): a real model can
@@ -310,4 +392,83 @@ pub fn bounds(v: &[[f32; 3]]) -> ([f32; 3], [f32; 3]) {
         }
     }
     (lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reversed(m: &FaceModel) -> FaceModel {
+        let mut r = m.clone();
+        for t in &mut r.triangles {
+            t.swap(1, 2);
+        }
+        r
+    }
+
+    #[test]
+    fn demo_faces_the_viewer_and_its_reverse_is_refused() {
+        let m = demo::demo_model();
+        m.validate(Path::new("demo")).unwrap();
+        let r = m.frontal_area_ratio().unwrap();
+        assert!(r > 2.0 * MIN_FRONTAL_AREA_RATIO, "demo frontal area ratio {r}");
+
+        let inv = reversed(&m);
+        assert!((inv.frontal_area_ratio().unwrap() + r).abs() < 1e-9);
+        let err = inv.validate(Path::new("inward.safetensors")).unwrap_err().to_string();
+        assert!(err.starts_with("inward.safetensors: "), "{err}");
+        assert!(err.contains("wind inward") && err.contains("swap two indices of every triangle"), "{err}");
+        // The loader (`fml model inspect`, training, synth) refuses it too, although the file is
+        // well formed; the skin mask derived on the way must not hide the problem.
+        let mut no_mask = inv.clone();
+        no_mask.skin_mask.clear();
+        let bytes = format::to_bytes(&no_mask).unwrap();
+        let err = format::from_bytes(&bytes, Path::new("inward.safetensors")).unwrap_err().to_string();
+        assert!(err.starts_with("inward.safetensors: ") && err.contains("wind inward"), "{err}");
+    }
+
+    #[test]
+    fn mixed_winding_and_flat_triangles_are_refused() {
+        let m = demo::demo_model();
+        let mut mixed = m.clone();
+        for t in mixed.triangles.iter_mut().step_by(2) {
+            t.swap(1, 2);
+        }
+        let r = mixed.frontal_area_ratio().unwrap();
+        assert!(r.abs() < MIN_FRONTAL_AREA_RATIO, "{r}");
+        let err = mixed.validate(Path::new("mixed")).unwrap_err().to_string();
+        assert!(err.contains("do not face the viewer") && err.contains("winding is mixed"), "{err}");
+
+        let mut flat = m.clone();
+        flat.mean_shape.iter_mut().for_each(|x| *x = 1.0);
+        assert_eq!(flat.frontal_area_ratio(), None);
+        assert!(flat.validate(Path::new("flat")).unwrap_err().to_string().contains("no area"));
+    }
+
+    /// A mesh that closes around the head: the demo face plus its mirror image behind it
+    /// (mirrored in z, winding reversed so its normals point out too). Over the whole mesh the
+    /// frontal area cancels; behind the jaw corners is left out, so it still passes.
+    #[test]
+    fn closed_head_passes_and_its_reverse_does_not() {
+        let m = demo::demo_model();
+        let n = m.num_vertices() as u32;
+        let z0 = m.mean_shape.iter().skip(2).step_by(3).fold(f32::INFINITY, |a, &z| a.min(z)) - 1.0;
+        let mut head = m.clone();
+        let back: Vec<f32> = m.mean_shape.chunks_exact(3).flat_map(|p| [p[0], p[1], 2.0 * z0 - p[2]]).collect();
+        head.mean_shape.extend_from_slice(&back);
+        head.triangles.extend(m.triangles.iter().map(|t| [t[0] + n, t[2] + n, t[1] + n]));
+        let zeros = vec![0.0; back.len()];
+        for (basis, k) in [(&mut head.shape_basis, m.num_shape()), (&mut head.expr_basis, m.num_expr())] {
+            *basis = basis.chunks_exact(back.len()).take(k).flat_map(|b| b.iter().chain(&zeros).copied()).collect();
+        }
+        head.albedo_basis =
+            m.albedo_basis.chunks_exact(back.len()).flat_map(|b| b.iter().chain(b.iter()).copied()).collect();
+        head.mean_albedo.extend_from_slice(&m.mean_albedo);
+        let mut whole = head.clone();
+        whole.landmarks.clear();
+        assert!(whole.frontal_area_ratio().unwrap().abs() < 1e-6, "over the whole mesh front and back cancel");
+        head.validate(Path::new("head")).unwrap();
+        assert!((head.frontal_area_ratio().unwrap() - m.frontal_area_ratio().unwrap()).abs() < 1e-9);
+        assert!(reversed(&head).validate(Path::new("head")).unwrap_err().to_string().contains("wind inward"));
+    }
 }
