@@ -63,6 +63,44 @@ impl Default for PrepareConfig {
     }
 }
 
+/// Largest accepted crop margin: beyond it the face fills under a tenth of the crop's side, a
+/// typo rather than a choice (and a box many times the face soon exceeds the image, which
+/// `crop_face` refuses face by face).
+pub const MAX_MARGIN: f32 = 10.0;
+
+impl PrepareConfig {
+    /// Check every number before any file is read, naming the `fml prepare` option. NaN needs
+    /// its own refusal: every comparison with it is false, so a NaN threshold would silently
+    /// switch its check off (`--outside-tolerance nan` let every landmark through).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::invalid(what));
+        // `contains` is false for NaN, so each range test below refuses it too.
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad(format!("--val-fraction {} must be a number in [0, 1)", self.val_fraction));
+        }
+        if self.crop.size == 0 || self.crop.size > super::dataset::MAX_SIZE {
+            return bad(format!("--size {} must be in 1..={}", self.crop.size, super::dataset::MAX_SIZE));
+        }
+        if !(self.crop.margin > 0.0 && self.crop.margin <= MAX_MARGIN) {
+            return bad(format!("--margin {} must be a number in (0, {MAX_MARGIN}] (default 1.3)", self.crop.margin));
+        }
+        if !(self.min_face.is_finite() && self.min_face >= 0.0) {
+            return bad(format!("--min-face {} must be a finite number of pixels >= 0 (default 40)", self.min_face));
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return bad(format!("--min-confidence {} must be a number in [0, 1]", self.min_confidence));
+        }
+        if !(self.outside_tolerance.is_finite() && self.outside_tolerance >= 0.0) {
+            return bad(format!(
+                "--outside-tolerance {} must be a finite fraction of the face size >= 0 (default 0.05; a large \
+                 value such as 100 lets landmarks lie anywhere)",
+                self.outside_tolerance
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a face (or an input) was not packed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SkipReason {
@@ -339,15 +377,7 @@ fn names(inputs: &[PathBuf]) -> String {
 /// to `output` atomically, and return the report. Fails (writing nothing) only when no face is
 /// usable or the output cannot be written; the error then carries the skip summary.
 pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result<PrepareReport> {
-    if !(0.0..1.0).contains(&cfg.val_fraction) {
-        return Err(Error::invalid(format!("--val-fraction {} must be in [0, 1)", cfg.val_fraction)));
-    }
-    if cfg.crop.size == 0 || cfg.crop.size > super::dataset::MAX_SIZE {
-        return Err(Error::invalid(format!("--size {} must be in 1..={}", cfg.crop.size, super::dataset::MAX_SIZE)));
-    }
-    if !(cfg.crop.margin.is_finite() && cfg.crop.margin > 0.0) {
-        return Err(Error::invalid(format!("--margin {} must be positive", cfg.crop.margin)));
-    }
+    cfg.validate()?;
     if output.is_dir() {
         return Err(Error::invalid(format!(
             "{}: output is a folder; give a file name such as faces.fmlds",
@@ -643,6 +673,69 @@ mod tests {
         assert!(e.contains("face too small"), "{e}");
         assert!(!out.exists());
         assert!(prepare(&[dir.path().to_path_buf()], &out, &PrepareConfig { val_fraction: 1.0, ..quiet(32) }).is_err());
+    }
+
+    /// Every float option refuses NaN, infinities and values out of range, by its option name,
+    /// before anything is read or written.
+    #[test]
+    fn float_options_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("d.fmlds");
+        let ok = quiet(32);
+        ok.validate().unwrap();
+        let with = |f: &dyn Fn(&mut PrepareConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c
+        };
+        let cases: Vec<(PrepareConfig, &str)> = vec![
+            (with(&|c| c.outside_tolerance = f32::NAN), "--outside-tolerance NaN"),
+            (with(&|c| c.outside_tolerance = f32::INFINITY), "--outside-tolerance inf"),
+            (with(&|c| c.outside_tolerance = -0.1), "--outside-tolerance -0.1"),
+            (with(&|c| c.min_face = f32::NAN), "--min-face NaN"),
+            (with(&|c| c.min_face = -1.0), "--min-face -1"),
+            (with(&|c| c.min_face = f32::INFINITY), "--min-face inf"),
+            (with(&|c| c.min_confidence = f32::NAN), "--min-confidence NaN"),
+            (with(&|c| c.min_confidence = 1.5), "--min-confidence 1.5"),
+            (with(&|c| c.crop.margin = f32::NAN), "--margin NaN"),
+            (with(&|c| c.crop.margin = 0.0), "--margin 0"),
+            (with(&|c| c.crop.margin = 1e6), "--margin 1000000"),
+            (with(&|c| c.val_fraction = f64::NAN), "--val-fraction NaN"),
+            (with(&|c| c.val_fraction = -0.5), "--val-fraction -0.5"),
+            (with(&|c| c.crop.size = 0), "--size 0"),
+        ];
+        for (cfg, expect) in cases {
+            let e = prepare(&[dir.path().join("missing")], &out, &cfg).unwrap_err().to_string();
+            assert!(e.starts_with(expect), "{expect}: {e}");
+        }
+        assert!(!out.exists());
+        // The limits themselves are accepted.
+        for c in [
+            with(&|c| c.outside_tolerance = 0.0),
+            with(&|c| c.min_face = 0.0),
+            with(&|c| c.min_confidence = 1.0),
+            with(&|c| c.crop.margin = MAX_MARGIN),
+            with(&|c| c.val_fraction = 0.0),
+        ] {
+            c.validate().unwrap();
+        }
+    }
+
+    /// With a NaN tolerance every comparison was false and a landmark far outside passed.
+    #[test]
+    fn nan_outside_tolerance_does_not_let_outside_landmarks_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let lm = face_points(80.0, 80.0, 40.0, 50.0);
+        let mut far = lm.clone();
+        far.points[0] = [-50.0, 80.0];
+        save_face(dir.path(), "outside.png", &dotted(160, 160, &lm), &far);
+        let out = dir.path().join("d.fmlds");
+        let e = prepare(&[dir.path().to_path_buf()], &out, &quiet(32)).unwrap_err().to_string();
+        assert!(e.contains("landmarks outside the image"), "{e}");
+        let cfg = PrepareConfig { outside_tolerance: f32::NAN, ..quiet(32) };
+        let e = prepare(&[dir.path().to_path_buf()], &out, &cfg).unwrap_err().to_string();
+        assert!(e.contains("--outside-tolerance NaN"), "{e}");
+        assert!(!out.exists());
     }
 
     #[test]
