@@ -414,7 +414,8 @@ pub type Manifest = Vec<Result<ManifestEntry>>;
 /// [c, ...]}` (confidence optional, unknown keys ignored). CSV: one face per line,
 /// `image,x0,y0,...,xN,yN[,c0,...,cN]` with N+1 = 66 or 68; an optional header line (whose second
 /// field is not a number), blank lines and `#` comment lines are skipped; the image field may be
-/// double-quoted. Relative image paths are relative to the manifest's folder.
+/// double-quoted. Relative image paths are relative to the manifest's folder. The user-facing
+/// description, with examples, is `docs/data-formats.md`.
 pub fn read_manifest(path: impl AsRef<Path>) -> Result<Manifest> {
     let path = path.as_ref();
     let text = read_text(path)?;
