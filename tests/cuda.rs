@@ -407,6 +407,66 @@ fn check_photo(t: &Target, tol: (f64, f64)) {
     check("photometric d shaded", &got.2, &want.2, 1e-12, tol.1);
 }
 
+/// Inputs that start inside their buffer. A batch narrowed out of a larger one is contiguous with
+/// a non-zero start offset, so the ops hand it to their kernels as it is and every kernel must
+/// read from that offset (the CUDA views add it to the device pointer). The whole chain (normals,
+/// shading, sampling of an image also narrowed, the photometric term) runs forward and backward
+/// on rows 1..=B of B + 2 and is compared with the CPU on the same values built without an offset.
+fn check_offsets(t: &Target, tol: (f64, f64)) {
+    eprintln!("inputs at a start offset on {:?} {:?}", t.device, t.dtype);
+    let (b, k) = (2, 19);
+    let (base, tris) = grid(k, 30.0);
+    let n = base.len();
+    let (w, h) = (37, 29);
+    let cam = Intrinsics { focal: 300.0, width: w, height: h, near: 1.0 };
+    let mut rng = Rng::new(505);
+    let mut v = Vec::new();
+    for _ in 0..b + 2 {
+        for p in &base {
+            v.extend([p[0] + rng.normal() * 0.3, p[1] + rng.normal() * 0.3, -600.0 + rng.normal() * 2.0]);
+        }
+    }
+    let refl: Vec<f64> = (0..(b + 2) * n * 3).map(|_| rng.range(0.2, 0.9)).collect();
+    let gamma = light(&mut rng, b + 2);
+    let img: Vec<f64> = (0..(b + 2) * h * w * 3).map(|_| rng.uniform()).collect();
+    // Rows 1..=b of a [b + 2, ...] array with `per` values per row.
+    let inner = |x: &[f64], per: usize| x[per..(b + 1) * per].to_vec();
+    let run = |t: &Target, offset: bool| {
+        let rows = if offset { b + 2 } else { b };
+        let pick = |x: &[f64], per: usize| if offset { x.to_vec() } else { inner(x, per) };
+        let cut = |x: &Tensor| if offset { x.narrow(0, 1, b).unwrap() } else { x.clone() };
+        let vv = t.var(&pick(&v, n * 3), &[rows, n, 3]);
+        let vr = t.var(&pick(&refl, n * 3), &[rows, n, 3]);
+        let vg = t.var(&pick(&gamma, 27), &[rows, 27]);
+        let image = t.put(&pick(&img, h * w * 3), &[rows, h, w, 3]);
+        let topo = NormalsTopology::new(n, &tris, &t.device).unwrap();
+        let nrm = vertex_normals(&cut(vv.as_tensor()), &topo).unwrap(); // [B, N, 3]
+        let shaded = shade(&nrm, &cut(vr.as_tensor()), &cut(vg.as_tensor())).unwrap(); // [B, N, 3]
+        let sampled = project_and_sample(&cut(vv.as_tensor()), &cut(&image), &cam).unwrap(); // [B, N, 3]
+        let mask = Tensor::ones((b, n), t.dtype, &t.device).unwrap();
+        let loss = photometric_l21(&sampled, &shaded, &mask).unwrap(); // [B]
+        let grads = loss.sum_all().unwrap().backward().unwrap();
+        let g = |var: &Var, what: &str, per: usize| {
+            let all = grad_of(&grads, var, what);
+            if offset {
+                // Rows outside the batch get no gradient.
+                assert!(all[..per].iter().chain(&all[(b + 1) * per..]).all(|&x| x == 0.0), "{what}: outside rows");
+                inner(&all, per)
+            } else {
+                all
+            }
+        };
+        (host(&loss), g(&vv, "vertices", n * 3), g(&vr, "reflectance", n * 3), g(&vg, "gamma", 27))
+    };
+    let want = run(&Target::cpu_f32(), false);
+    let got = run(t, true);
+    assert!(want.0.iter().all(|x| x.is_finite() && *x > 0.0), "losses {:?}", want.0);
+    check("offset photometric forward", &got.0, &want.0, 1e-12, tol.0);
+    check_l2("offset d vertices", &got.1, &want.1, tol.1);
+    check("offset d reflectance", &got.2, &want.2, 1e-12, tol.1);
+    check("offset d gamma", &got.3, &want.3, 1e-12, tol.1);
+}
+
 /// im2col and col2im on their own (pure copies and short in-order sums: equal on both devices),
 /// then a whole convolution forward and backward through the BLAS.
 fn check_im2col(device: &Device, tol: f64) {
@@ -854,6 +914,7 @@ fn harness_ops_hold_against_float64() {
     check_shade(&cpu_f64(), OP_TOL);
     check_sample(&cpu_f64(), OP_TOL);
     check_photo(&cpu_f64(), OP_TOL);
+    check_offsets(&cpu_f64(), OP_TOL);
     check_im2col(&Device::Cpu, CONV_TOL);
 }
 
@@ -933,6 +994,14 @@ fn cuda_sample_matches_cpu() {
 fn cuda_photometric_matches_cpu() {
     if let Some(t) = gpu() {
         check_photo(&t, OP_TOL);
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_inputs_at_an_offset_match_cpu() {
+    if let Some(t) = gpu() {
+        check_offsets(&t, OP_TOL);
     }
 }
 
