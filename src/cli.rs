@@ -25,7 +25,7 @@ macro_rules! errln {
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fml::face_model::FaceModel;
 use fml::face_model::import::{ContourOptions, ImportFormat, ImportOptions, Origin};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// fml: monocular 3D face reconstruction with a self-supervised multi-level face model.
 #[derive(Parser, Debug)]
@@ -288,7 +288,7 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 fn parse_positive<T: std::str::FromStr + Into<f64> + Copy>(s: &str) -> Result<T, String> {
     match s.parse::<T>() {
         Ok(x) if x.into().is_finite() && x.into() > 0.0 => Ok(x),
-        _ => Err(format!("{s:?} is not a positive number")),
+        _ => Err(format!("{s:?} is not a finite positive number")),
     }
 }
 
@@ -296,7 +296,7 @@ fn parse_positive<T: std::str::FromStr + Into<f64> + Copy>(s: &str) -> Result<T,
 fn parse_nonneg<T: std::str::FromStr + Into<f64> + Copy>(s: &str) -> Result<T, String> {
     match s.parse::<T>() {
         Ok(x) if x.into().is_finite() && x.into() >= 0.0 => Ok(x),
-        _ => Err(format!("{s:?} is not a number >= 0")),
+        _ => Err(format!("{s:?} is not a finite number >= 0")),
     }
 }
 
@@ -727,7 +727,7 @@ pub struct ImportArgs {
     #[arg(long, value_enum)]
     pub origin: Option<OriginArg>,
     /// Derived contour candidates: half-width (mm) of the band around the jaw line.
-    #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().band_mm, value_parser = parse_positive::<f32>, allow_negative_numbers = true)]
+    #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().band_mm, value_parser = parse_nonneg::<f32>, allow_negative_numbers = true)]
     pub contour_band: f32,
     /// Derived contour candidates: how far (mm) behind the jaw line they may lie.
     #[arg(long, value_name = "MM", default_value_t = ContourOptions::default().depth_mm, value_parser = parse_nonneg::<f32>, allow_negative_numbers = true)]
@@ -849,23 +849,6 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("{}: {}", f.input, f.error);
     }
-    // The output paths before any work: one that cannot be written fails now, not per image
-    // after the network has run. A single image's outputs are probed (nothing is left behind);
-    // an output folder is created, and removed again below if nothing was written into it.
-    let mut created_dir = None;
-    if plan.single {
-        for item in &plan.items {
-            for p in [Some(&item.mesh), item.params.as_ref(), item.overlay.as_ref()].into_iter().flatten() {
-                fml::io::probe_writable(p)?;
-            }
-        }
-    } else {
-        if !req.output.exists() {
-            created_dir = Some(req.output.clone());
-        }
-        fml::io::create_dir(&req.output)?;
-        fml::io::probe_writable(&req.output.join("probe"))?;
-    }
     // Without landmarks or a box the whole image is taken as the face crop: right for ready
     // crops, wrong for a photograph, so say so (--whole asks for it and silences this).
     let whole = plan.items.iter().filter(|i| i.input.crop == fml::infer::reconstruct::CropSpec::Whole).count();
@@ -876,6 +859,7 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
             plan.items.len()
         );
     }
+    // The network before the outputs: a bad checkpoint fails before anything is created.
     let device = fml::train::select_device(&a.device)?;
     apply_tf32(&device, a.tf32);
     let trained = fml::infer::load_run(&fml::infer::resolve_run(a.checkpoint.as_deref())?, &device)?;
@@ -887,8 +871,26 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
         crop: fml::data::crop::CropConfig { margin: a.margin, ..Default::default() },
     };
     let rec = Reconstructor::new(trained, opts)?;
+    // The output paths before the images: one that cannot be written fails now, not per image
+    // after the network has run. Folders this creates are removed again (while empty) when the
+    // run writes nothing, on every way out.
+    let mut created = CreatedDirs::default();
+    if plan.single {
+        for item in &plan.items {
+            for p in [Some(&item.mesh), item.params.as_ref(), item.overlay.as_ref()].into_iter().flatten() {
+                created.note(p.parent());
+                fml::io::probe_writable(p)?;
+            }
+        }
+    } else {
+        created.note(Some(&req.output));
+        fml::io::create_dir(&req.output)?;
+        // A hidden name: folder scans skip hidden entries, so no mirrored output takes it.
+        fml::io::probe_writable(&req.output.join(".fml-probe"))?;
+    }
     let single = plan.single.then(|| plan.items.first().cloned()).flatten();
     let report = fml::infer::batch::run(&rec, plan, a.batch as usize, !a.quiet);
+    created.keep = report.written > 0;
     if let Some(item) = single {
         if let Some(f) = report.failures.first() {
             anyhow::bail!("{}", f.error);
@@ -898,12 +900,6 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if report.written == 0
-        && let Some(d) = &created_dir
-    {
-        // Only succeeds while empty: a folder this run made and left with nothing useful in it.
-        let _ = std::fs::remove_dir(d);
-    }
     if report.failures.is_empty() {
         outln!("{report}");
         outln!("outputs in {}", req.output.display());
@@ -911,6 +907,44 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
     } else {
         errln!("{report}");
         anyhow::bail!("{} of {} inputs failed", report.failures.len(), report.total)
+    }
+}
+
+/// The folders a command created for its outputs (the topmost missing one of each path), removed
+/// again on drop unless `keep`: a run that wrote nothing leaves no empty folders behind. Only
+/// empty folders are removed, so nothing anyone wrote meanwhile is lost.
+#[derive(Default)]
+struct CreatedDirs {
+    dirs: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl CreatedDirs {
+    /// Remember the topmost folder of `dir` that does not exist yet (about to be created).
+    fn note(&mut self, dir: Option<&Path>) {
+        let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) else { return };
+        let top = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last();
+        if let Some(t) = top.filter(|t| !self.dirs.iter().any(|d| t.starts_with(d))) {
+            self.dirs.push(t.to_path_buf());
+        }
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        fn remove_empty(d: &Path) {
+            if let Ok(entries) = std::fs::read_dir(d) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_empty(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(d); // fails, as it should, unless empty
+        }
+        if !self.keep {
+            self.dirs.iter().for_each(|d| remove_empty(d));
+        }
     }
 }
 
@@ -1175,12 +1209,13 @@ mod tests {
     #[test]
     fn out_of_range_numbers_are_named_as_such() {
         for (args, want) in [
-            (&["fml", "eval", "--facewarehouse", "fw", "--radius", "-5"][..], "\"-5\" is not a positive number"),
-            (&["fml", "prepare", "x", "-o", "y", "--min-face", "-1"], "\"-1\" is not a number >= 0"),
-            (&["fml", "prepare", "x", "-o", "y", "--outside-tolerance", "nan"], "is not a number >= 0"),
+            (&["fml", "eval", "--facewarehouse", "fw", "--radius", "-5"][..], "\"-5\" is not a finite positive number"),
+            (&["fml", "prepare", "x", "-o", "y", "--min-face", "-1"], "\"-1\" is not a finite number >= 0"),
+            (&["fml", "prepare", "x", "-o", "y", "--outside-tolerance", "nan"], "is not a finite number >= 0"),
+            (&["fml", "reconstruct", "a.png", "-o", "a.obj", "--margin", "1e40"], "not a finite positive number"),
             (&["fml", "prepare", "x", "-o", "y", "--val-fraction", "1"], "not a number in [0, 1)"),
-            (&["fml", "reconstruct", "a.png", "-o", "a.obj", "--margin", "0"], "not a positive number"),
-            (&["fml", "synth", "-o", "s", "--expr-scale", "-0.5"], "not a number >= 0"),
+            (&["fml", "reconstruct", "a.png", "-o", "a.obj", "--margin", "0"], "not a finite positive number"),
+            (&["fml", "synth", "-o", "s", "--expr-scale", "-0.5"], "not a finite number >= 0"),
         ] {
             let e = parse_err(args);
             assert!(e.contains(want), "{args:?}: {e}");

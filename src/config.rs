@@ -46,15 +46,15 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// `path` as a run directory's `config.toml` records it: relative to the run directory, so
-    /// that the run reads from any working directory and can be moved together with its model
-    /// (a path relative to the working directory of the training would only read from there).
-    /// "demo" stays as it is, and so does a path that has no relative form (another drive) or
-    /// cannot be resolved now.
+    /// `path` as a run directory's `config.toml` records it. A relative path (relative to the
+    /// working directory of the training, so readable only from there) becomes relative to the
+    /// run directory: the run then reads from any working directory and can be moved together
+    /// with its model. "demo" and absolute paths stay as given (an absolute path keeps working
+    /// wherever the run is copied), and so does a path that cannot be resolved now.
     ///
     /// `run_dir` must exist.
     pub fn path_for_run(&self, run_dir: &Path) -> String {
-        if self.path == "demo" {
+        if self.path == "demo" || Path::new(&self.path).is_absolute() {
             return self.path.clone();
         }
         match (Path::new(&self.path).canonicalize(), run_dir.canonicalize()) {
@@ -538,6 +538,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_records_name_relative_models_from_the_run_and_keep_absolute_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, model) = (dir.path().join("runs/r"), dir.path().join("m.safetensors"));
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(&model, b"x").unwrap();
+        let abs = ModelConfig { path: model.to_string_lossy().into_owned(), ..Default::default() };
+        assert_eq!(abs.path_for_run(&run), abs.path, "an absolute path is kept");
+        assert_eq!(ModelConfig::default().path_for_run(&run), "demo");
+        assert_eq!(relative_path(Path::new("/a/b/m"), Path::new("/a/c/d")), Some(PathBuf::from("../../b/m")));
+        assert_eq!(relative_path(Path::new("/a/m"), Path::new("/a")), Some(PathBuf::from("m")));
+        // Recorded relative to the run, found from the run directory.
+        let rel = ModelConfig { path: "../../m.safetensors".into(), ..Default::default() };
+        assert_eq!(rel.resolve_in_run(&run), Some(run.join("../../m.safetensors")));
+        assert_eq!(ModelConfig { path: "nope".into(), ..Default::default() }.resolve_in_run(&run), None);
+    }
 
     #[test]
     fn toml_round_trip_and_errors_name_the_file() {

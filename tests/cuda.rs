@@ -443,8 +443,17 @@ fn check_offsets(t: &Target, tol: (f64, f64)) {
         let nrm = vertex_normals(&cut(vv.as_tensor()), &topo).unwrap(); // [B, N, 3]
         let shaded = shade(&nrm, &cut(vr.as_tensor()), &cut(vg.as_tensor())).unwrap(); // [B, N, 3]
         let sampled = project_and_sample(&cut(vv.as_tensor()), &cut(&image), &cam).unwrap(); // [B, N, 3]
-        let mask = Tensor::ones((b, n), t.dtype, &t.device).unwrap();
-        let loss = photometric_l21(&sampled, &shaded, &mask).unwrap(); // [B]
+        // The photometric op's inputs at an offset too: padded by a row on each side, cut out.
+        let pad = |x: &Tensor| {
+            if offset {
+                let z = x.narrow(0, 0, 1).unwrap().zeros_like().unwrap();
+                cut(&Tensor::cat(&[&z, x, &z], 0).unwrap())
+            } else {
+                x.clone()
+            }
+        };
+        let mask = cut(&Tensor::ones((rows, n), t.dtype, &t.device).unwrap()); // [B, N]
+        let loss = photometric_l21(&pad(&sampled), &pad(&shaded), &mask).unwrap(); // [B]
         let grads = loss.sum_all().unwrap().backward().unwrap();
         let g = |var: &Var, what: &str, per: usize| {
             let all = grad_of(&grads, var, what);

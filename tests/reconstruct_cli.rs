@@ -423,6 +423,23 @@ fn outputs_never_overwrite_inputs_and_are_written_all_or_none() {
     rec(&["sub", "-o", "all.obj"]).failure().stderr(contains("names a mesh file"));
     rec(&["sub", "-o", "outdir"]).failure().stderr(contains("no images in this folder"));
     assert!(!d.join("outdir").exists());
+    // A checkpoint that cannot be loaded fails before any output folder is made.
+    fml()
+        .current_dir(d)
+        .args(["reconstruct", "-q", "--checkpoint", "no-run", "in.png", "-o", "new/sub/m.obj"])
+        .assert()
+        .failure();
+    fml().current_dir(d).args(["reconstruct", "-q", "--checkpoint", "no-run", "sub", "-o", "new2"]).assert().failure();
+    assert!(!d.join("new").exists() && !d.join("new2").exists());
+    // A folder reconstructed into itself twice (its subfolder named like the write probe): the
+    // second run skips the first run's overlays instead of taking them for faces.
+    std::fs::create_dir_all(d.join("pics/probe")).unwrap();
+    picture(64, 64).save(d.join("pics/a.png")).unwrap();
+    picture(64, 64).save(d.join("pics/probe/b.png")).unwrap();
+    for _ in 0..2 {
+        rec(&["pics", "-o", "pics", "--overlay"]).success().stdout(contains("reconstructed 2 of 2"));
+    }
+    assert!(!d.join("pics/a.overlay.obj").exists());
     // The same calls with proper paths work (the checks above are not blanket refusals).
     rec(&["in.png", "-o", "ok/m.obj", "--overlay", "--params"]).success();
     for f in ["ok/m.obj", "ok/m.json", "ok/m.overlay.png"] {

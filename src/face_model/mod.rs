@@ -185,6 +185,18 @@ impl FaceModel {
                            the face (+z toward a frontal viewer): swap two indices of every triangle ([a, b, c] -> \
                            [a, c, b]), or re-import the model from its source with `fml model import`, which fixes \
                            the winding";
+        // A face turned away (looking toward -z) has a ratio of the wrong sign even when wound
+        // correctly; swapping indices would not fix its frame, so that is said first.
+        if let Some(depth) = self.nose_depth()
+            && depth < 0.0
+        {
+            return bad(format!(
+                "the face looks toward -z: the nose tip (landmark 30) lies {:.1} mm behind the jaw corners \
+                 (landmarks 0 and 16), while the format's frame has +z out of the face toward the viewer; \
+                 re-import the model from its source with `fml model import`, which orients it",
+                -depth
+            ));
+        }
         match self.frontal_area_ratio() {
             None => return bad("the triangles have no area (all vertices of every triangle coincide)".into()),
             Some(r) if r < -MIN_FRONTAL_AREA_RATIO => {
@@ -219,6 +231,17 @@ impl FaceModel {
             return bad("face_region is empty".into());
         }
         Ok(())
+    }
+
+    /// How far (mm, along z) the nose tip (landmark 30) lies in front of the midpoint of the jaw
+    /// corners (landmarks 0 and 16) on the mean shape: positive for a face looking toward +z.
+    /// None without those landmarks (or with indices out of range, which `validate` reports).
+    fn nose_depth(&self) -> Option<f64> {
+        let z = |k: usize| -> Option<f64> {
+            let i = *self.landmarks.get(k)? as usize;
+            (i < self.num_vertices()).then(|| self.mean_shape[3 * i + 2] as f64)
+        };
+        Some(z(30)? - 0.5 * (z(0)? + z(16)?))
     }
 
     /// How much of the face's surface faces the viewer, signed: over the mean shape's triangles
@@ -425,6 +448,23 @@ mod tests {
         let bytes = format::to_bytes(&no_mask).unwrap();
         let err = format::from_bytes(&bytes, Path::new("inward.safetensors")).unwrap_err().to_string();
         assert!(err.starts_with("inward.safetensors: ") && err.contains("wind inward"), "{err}");
+    }
+
+    /// Turned 180 degrees about y and correctly wound for that (normals out of the face, now
+    /// toward -z): the frame is what is wrong, and the message says so rather than "swap indices".
+    #[test]
+    fn a_face_looking_toward_minus_z_is_named_as_a_frame_problem() {
+        let m = demo::demo_model();
+        let mut turned = m.clone();
+        for basis in [&mut turned.mean_shape, &mut turned.shape_basis, &mut turned.expr_basis] {
+            for p in basis.chunks_exact_mut(3) {
+                p[0] = -p[0];
+                p[2] = -p[2];
+            }
+        }
+        let err = turned.validate(Path::new("turned")).unwrap_err().to_string();
+        assert!(err.contains("looks toward -z") && err.contains("re-import"), "{err}");
+        assert!(!err.contains("swap two indices"), "{err}");
     }
 
     #[test]

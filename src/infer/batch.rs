@@ -13,6 +13,10 @@
 //!   next to `x.png` gives the landmark crop; without one the image is taken as a ready crop.
 //!   This applies to single images, folders and lists alike, so one image behaves the same
 //!   alone or in a folder.
+//! - Folder scans skip `*.overlay.png`, the overlays this command writes, so that a second run
+//!   into the same folder does not take them for faces.
+//! - No output may replace an input (an image or a landmark file) or another output: one image
+//!   so aimed is refused; in a batch those items fail and the rest run.
 
 use super::reconstruct::{CropSpec, InputImage, Reconstruction, Reconstructor, sibling_landmarks};
 use crate::data::prepare::scan_images;
@@ -131,6 +135,11 @@ impl fmt::Display for Report {
     }
 }
 
+/// An overlay written by `fml reconstruct --overlay` into a folder of outputs (`x.overlay.png`).
+fn is_overlay_output(p: &Path) -> bool {
+    p.file_name().is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().ends_with(".overlay.png"))
+}
+
 fn is_list(p: &Path) -> bool {
     p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"))
 }
@@ -174,6 +183,9 @@ pub fn plan(req: &Request) -> Result<Plan> {
             if found.is_empty() {
                 failures.push(Failure { input: input.display().to_string(), error: "no images in this folder".into() });
             }
+            // fml's own overlays (x.overlay.png) are outputs, not faces: a second run into the
+            // same folder would otherwise reconstruct them and aim x's overlay at an input.
+            let found: Vec<PathBuf> = found.into_iter().filter(|p| !is_overlay_output(p)).collect();
             images.extend(found.into_iter().map(|p| (relative_name(input, &p), p)));
         } else if is_list(input) {
             match read_list(input) {
@@ -227,7 +239,8 @@ pub fn plan(req: &Request) -> Result<Plan> {
         }
     } else {
         let ext = req.output.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if !req.output.is_dir() && matches!(ext.as_deref(), Some("obj" | "ply")) {
+        let slash = req.output.as_os_str().to_string_lossy().ends_with('/');
+        if !req.output.is_dir() && !slash && matches!(ext.as_deref(), Some("obj" | "ply")) {
             return Err(Error::invalid(format!(
                 "{}: with a folder, a list or several images the output is a folder of meshes, and this \
                  names a mesh file (give a folder; --mesh-format picks .obj or .ply)",
@@ -271,7 +284,15 @@ pub fn plan(req: &Request) -> Result<Plan> {
             image_format(o)?;
         }
     }
-    check_no_overwrites(&items)?;
+    // One image: a refusal. Several: those items fail and the others run.
+    let bad = overwrites(&items);
+    if single && let Some((_, why)) = bad.first() {
+        return Err(Error::invalid(why.clone()));
+    }
+    for (k, why) in bad.into_iter().rev() {
+        let it = items.remove(k);
+        failures.push(Failure { input: it.input.name(), error: why });
+    }
     Ok(Plan { items, failures, single })
 }
 
@@ -325,9 +346,9 @@ fn same_file_key(p: &Path) -> PathBuf {
     }
 }
 
-/// Refuse a plan that would write over one of its own inputs (an image or a landmark file) or
-/// write two outputs to one file: both lose data silently.
-fn check_no_overwrites(items: &[PlanItem]) -> Result<()> {
+/// The items of a plan that would write over one of the plan's inputs (an image or a landmark
+/// file) or write two outputs to one file (both lose data silently): (item index, why).
+fn overwrites(items: &[PlanItem]) -> Vec<(usize, String)> {
     let mut inputs = std::collections::HashMap::new();
     for it in items {
         if let Some(p) = it.input.path() {
@@ -338,27 +359,36 @@ fn check_no_overwrites(items: &[PlanItem]) -> Result<()> {
         }
     }
     let mut outputs: std::collections::HashMap<PathBuf, (&str, &Path)> = std::collections::HashMap::new();
-    for it in items {
+    let mut bad = Vec::new();
+    for (k, it) in items.iter().enumerate() {
         let outs = [("the mesh", Some(&it.mesh)), ("--params", it.params.as_ref()), ("--overlay", it.overlay.as_ref())];
         for (what, p) in outs.into_iter().filter_map(|(w, p)| p.map(|p| (w, p.as_path()))) {
             let key = same_file_key(p);
             if let Some(input) = inputs.get(&key) {
-                return Err(Error::invalid(format!(
-                    "{what} {} would overwrite the input {}: choose another output path",
-                    p.display(),
-                    input.display()
-                )));
+                bad.push((
+                    k,
+                    format!(
+                        "{what} {} would overwrite the input {}: choose another output path",
+                        p.display(),
+                        input.display()
+                    ),
+                ));
+                break;
             }
             if let Some((other, q)) = outputs.insert(key, (what, p)) {
-                return Err(Error::invalid(format!(
-                    "{what} {} and {other} {} are the same file: choose different output paths",
-                    p.display(),
-                    q.display()
-                )));
+                bad.push((
+                    k,
+                    format!(
+                        "{what} {} and {other} {} are the same file: choose different output paths",
+                        p.display(),
+                        q.display()
+                    ),
+                ));
+                break;
             }
         }
     }
-    Ok(())
+    bad
 }
 
 /// Run a plan in batches of `batch` images: reconstruct, write, and collect failures (planning

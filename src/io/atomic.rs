@@ -86,6 +86,14 @@ impl WriteGroup {
         if path.is_dir() {
             return Err(Error::invalid(format!("{}: is a folder, not a file", path.display())));
         }
+        // Two files of one group at one path: the later would silently replace the earlier.
+        let key = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        if self.staged.iter().any(|(_, t)| key(t) == key(path)) {
+            return Err(Error::invalid(format!(
+                "{}: given for two outputs at once; choose different paths",
+                path.display()
+            )));
+        }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_dir(parent)?;
         }
@@ -114,7 +122,8 @@ impl WriteGroup {
         self.stage(path, |w| w.write_all(bytes))
     }
 
-    /// Rename every staged file into place, in staging order.
+    /// Rename every staged file into place, in staging order. (A rename itself failing midway,
+    /// which staging beside the target makes unlikely, leaves the files before it replaced.)
     pub fn commit(mut self) -> Result<()> {
         let staged = std::mem::take(&mut self.staged);
         for (i, (tmp, path)) in staged.iter().enumerate() {
@@ -185,6 +194,13 @@ mod tests {
         drop(g);
         assert_eq!(std::fs::read(&a).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "temporary files left");
+        // One path twice in a group is refused.
+        let mut g = WriteGroup::new();
+        g.stage_bytes(&a, b"1").unwrap();
+        let e = g.stage_bytes(dir.path().join("./a.obj"), b"2").unwrap_err().to_string();
+        assert!(e.contains("two outputs"), "{e}");
+        drop(g);
+        assert_eq!(std::fs::read(&a).unwrap(), b"old");
         // Both stageable: both written.
         std::fs::remove_dir(&b).unwrap();
         let mut g = WriteGroup::new();
