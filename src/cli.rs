@@ -876,11 +876,9 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
     // run writes nothing, on every way out.
     let mut created = CreatedDirs::default();
     if plan.single {
-        for item in &plan.items {
-            for p in [Some(&item.mesh), item.params.as_ref(), item.overlay.as_ref()].into_iter().flatten() {
-                created.note(p.parent());
-                fml::io::probe_writable(p)?;
-            }
+        for (_, p) in plan.items.iter().flat_map(|item| item.outputs()) {
+            created.note(p.parent());
+            fml::io::probe_writable(p)?;
         }
     } else {
         created.note(Some(&req.output));
@@ -895,7 +893,7 @@ fn run_reconstruct(a: ReconstructArgs) -> anyhow::Result<()> {
         if let Some(f) = report.failures.first() {
             anyhow::bail!("{}", f.error);
         }
-        for p in [Some(&item.mesh), item.params.as_ref(), item.overlay.as_ref()].into_iter().flatten() {
+        for (_, p) in item.outputs() {
             outln!("wrote {}", p.display());
         }
         return Ok(());
@@ -1023,9 +1021,7 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
 fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     a.land_map.apply()?;
     // --json is checked before the evaluation (minutes to hours), not when it is written after it.
-    if let Some(j) = &a.json {
-        fml::io::probe_writable(j).map_err(|e| anyhow::anyhow!(e).context("--json"))?;
-    }
+    probe_json(a.json.as_deref())?;
     use fml::infer::eval::{EvalConfig, evaluate_facewarehouse};
     let device = fml::train::select_device(&a.device)?;
     apply_tf32(&device, a.tf32);
@@ -1080,12 +1076,18 @@ fn with_tf32(mut v: serde_json::Value, tf32: bool) -> serde_json::Value {
     v
 }
 
+/// A `--json` output path checked before the work whose results it will hold.
+fn probe_json(json: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(j) = json {
+        fml::io::probe_writable(j).map_err(|e| anyhow::anyhow!(e).context("--json"))?;
+    }
+    Ok(())
+}
+
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     use fml::bench;
     // --json before the measurements, not after them.
-    if let Some(j) = &a.json {
-        fml::io::probe_writable(j).map_err(|e| anyhow::anyhow!(e).context("--json"))?;
-    }
+    probe_json(a.json.as_deref())?;
     let device = fml::train::select_device(&a.device)?;
     let tf32 = apply_tf32(&device, a.tf32);
     outln!(

@@ -89,6 +89,15 @@ pub struct PlanItem {
     pub overlay: Option<PathBuf>,
 }
 
+impl PlanItem {
+    /// Every file this item writes, named as the command line names it: (what, path).
+    pub fn outputs(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        [("the mesh", Some(&self.mesh)), ("--params", self.params.as_ref()), ("--overlay", self.overlay.as_ref())]
+            .into_iter()
+            .filter_map(|(what, p)| p.map(|p| (what, p.as_path())))
+    }
+}
+
 /// An input that produced no output, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Failure {
@@ -361,8 +370,7 @@ fn overwrites(items: &[PlanItem]) -> Vec<(usize, String)> {
     let mut outputs: std::collections::HashMap<PathBuf, (&str, &Path)> = std::collections::HashMap::new();
     let mut bad = Vec::new();
     for (k, it) in items.iter().enumerate() {
-        let outs = [("the mesh", Some(&it.mesh)), ("--params", it.params.as_ref()), ("--overlay", it.overlay.as_ref())];
-        for (what, p) in outs.into_iter().filter_map(|(w, p)| p.map(|p| (w, p.as_path()))) {
+        for (what, p) in it.outputs() {
             let key = same_file_key(p);
             if let Some(input) = inputs.get(&key) {
                 bad.push((
