@@ -440,6 +440,10 @@ fn outputs_never_overwrite_inputs_and_are_written_all_or_none() {
         rec(&["pics", "-o", "pics", "--overlay"]).success().stdout(contains("reconstructed 2 of 2"));
     }
     assert!(!d.join("pics/a.overlay.obj").exists());
+    // A folder of nothing but overlays holds no faces.
+    std::fs::create_dir(d.join("only")).unwrap();
+    std::fs::copy(d.join("pics/a.overlay.png"), d.join("only/a.overlay.png")).unwrap();
+    rec(&["only", "-o", "only-out"]).failure().stderr(contains("no images in this folder"));
     // The same calls with proper paths work (the checks above are not blanket refusals).
     rec(&["in.png", "-o", "ok/m.obj", "--overlay", "--params"]).success();
     for f in ["ok/m.obj", "ok/m.json", "ok/m.overlay.png"] {

@@ -189,12 +189,12 @@ pub fn plan(req: &Request) -> Result<Plan> {
             let found = scan_images(input, |d, e| {
                 failures.push(Failure { input: d.display().to_string(), error: e.to_string() })
             });
-            if found.is_empty() {
-                failures.push(Failure { input: input.display().to_string(), error: "no images in this folder".into() });
-            }
             // fml's own overlays (x.overlay.png) are outputs, not faces: a second run into the
             // same folder would otherwise reconstruct them and aim x's overlay at an input.
             let found: Vec<PathBuf> = found.into_iter().filter(|p| !is_overlay_output(p)).collect();
+            if found.is_empty() {
+                failures.push(Failure { input: input.display().to_string(), error: "no images in this folder".into() });
+            }
             images.extend(found.into_iter().map(|p| (relative_name(input, &p), p)));
         } else if is_list(input) {
             match read_list(input) {
