@@ -2,8 +2,10 @@
 //! connected layers and a linear output layer — that regresses the parameter vector x of Sec. 5
 //! from a face crop. Width and input size come from the config so a small variant trains on a
 //! CPU. Weights live in a `VarMap` under `encoder.*`; they are initialised from our own seeded RNG
-//! (He-normal for hidden layers, zeros for the output layer) so a run is reproducible, and the
-//! zero output layer makes training start from the mean face, frontal pose and neutral light.
+//! (He-normal for hidden layers, zeros for the output layer except its corrective-coefficient rows,
+//! `correctives.head_std`) so a run is reproducible, and the zero output rows make training start
+//! from the mean face, frontal pose and neutral light (the correction starts at zero through its
+//! zero bases).
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;

@@ -92,7 +92,7 @@ impl BaseLevel {
 /// The learned linear corrective bases (Sec. 4.2): `F(delta | Theta) = delta Theta`.
 #[derive(Clone, Debug)]
 pub struct Correctives {
-    /// `[C, 3N]` geometry corrective basis Theta_g (mm per unit coefficient).
+    /// `[C, 3N]` geometry corrective basis Theta_g, in units of `scale.0` mm per unit coefficient.
     pub geometry: Var,
     /// `[C, 3N]` reflectance corrective basis Theta_r.
     pub reflectance: Var,

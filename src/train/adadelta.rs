@@ -37,6 +37,12 @@ struct Slot {
 /// AdaDelta over named variables, each with its own learning rate.
 pub struct AdaDelta {
     slots: Vec<Slot>,
+    /// The slot whose rate `learning_rate` reports and `set_learning_rate` sets (the others
+    /// follow by the same factor): the first encoder / base-level variable with a non-zero rate
+    /// when built by `for_varmap`, else the first slot with a non-zero rate. Not simply the first
+    /// slot: slots are sorted by name, so while finetuning that is `correctives.geometry`, and
+    /// the log's `lr` would read 0.005 instead of the encoder's 0.001.
+    reference: usize,
     cfg: AdaDeltaConfig,
 }
 
@@ -67,13 +73,24 @@ impl AdaDelta {
                 };
                 (name.clone(), data[name].clone(), lr)
             })
-            .collect();
-        AdaDelta::with_groups(groups, optim.rho, optim.eps)
+            .collect::<Vec<_>>();
+        let encoder = groups.iter().position(|(name, _, lr)| {
+            *lr > 0.0 && name.as_str() != GEOMETRY_CORRECTIVES && name.as_str() != REFLECTANCE_CORRECTIVES
+        });
+        let mut opt = AdaDelta::with_groups(groups, optim.rho, optim.eps)?;
+        if let Some(i) = encoder {
+            opt.reference = i;
+            opt.cfg.lr = opt.slots[i].lr;
+        }
+        Ok(opt)
     }
 
     /// Named variables with their learning rates.
+    /// The first variable with a non-zero rate is the reference of
+    /// [`learning_rate`](Optimizer::learning_rate).
     pub fn with_groups(vars: Vec<(String, Var, f64)>, rho: f64, eps: f64) -> Result<Self> {
-        let lr = vars.first().map(|v| v.2).unwrap_or(0.01);
+        let reference = vars.iter().position(|v| v.2 > 0.0).unwrap_or(0);
+        let lr = vars.get(reference).map(|v| v.2).unwrap_or(0.01);
         let slots = vars
             .into_iter()
             .map(|(name, var, lr)| {
@@ -81,7 +98,7 @@ impl AdaDelta {
                 Ok(Slot { name, var, lr, sq_grad: z.clone(), sq_delta: z })
             })
             .collect::<Result<_>>()?;
-        Ok(AdaDelta { slots, cfg: AdaDeltaConfig { lr, rho, eps } })
+        Ok(AdaDelta { slots, reference, cfg: AdaDeltaConfig { lr, rho, eps } })
     }
 
     /// The learning rate of the variable `name`.
@@ -161,16 +178,18 @@ impl Optimizer for AdaDelta {
         Ok(())
     }
 
+    /// The reference group's rate: the encoder / base level's (see `reference`).
     fn learning_rate(&self) -> f64 {
         self.cfg.lr
     }
 
-    /// Sets the first group's rate and scales the others by the same factor (keeping the
-    /// paper's ratios between encoder and correctives).
+    /// Sets the reference group's rate and scales the others by the same factor (keeping the
+    /// paper's ratios between encoder and correctives). When every rate is 0 there is no ratio
+    /// to keep and every group gets `lr`.
     fn set_learning_rate(&mut self, lr: f64) {
-        let f = if self.cfg.lr > 0.0 { lr / self.cfg.lr } else { 1.0 };
+        let current = self.slots.get(self.reference).map_or(0.0, |s| s.lr);
         for s in &mut self.slots {
-            s.lr *= f;
+            s.lr = if current > 0.0 { s.lr * (lr / current) } else { lr };
         }
         self.cfg.lr = lr;
     }
@@ -304,6 +323,38 @@ mod tests {
             sq_delta: sd0.to_dtype(candle_core::DType::F64).unwrap(),
         };
         assert!(fused_cpu_step(&slot64, &g.to_dtype(candle_core::DType::F64).unwrap(), rho, eps).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_reported_rate_is_the_encoders() {
+        use crate::face_model::multilevel::{GEOMETRY_CORRECTIVES, REFLECTANCE_CORRECTIVES};
+        let dev = Device::Cpu;
+        let varmap = |names: &[&str]| {
+            let vm = candle_nn::VarMap::new();
+            for n in names {
+                vm.get(1, n, candle_nn::Init::Const(1.0), candle_core::DType::F32, &dev).unwrap();
+            }
+            vm
+        };
+        // Finetuning (Sec. 7): the geometry correctives sort first, the log must still read the
+        // encoder's rate, and scaling keeps the ratios.
+        let vm = varmap(&[GEOMETRY_CORRECTIVES, "encoder.conv1.weight", REFLECTANCE_CORRECTIVES]);
+        let cfg = crate::config::OptimConfig { lr_encoder: 0.001, ..Default::default() };
+        let mut opt = AdaDelta::for_varmap(&vm, &cfg).unwrap();
+        assert_eq!(opt.learning_rate(), 0.001);
+        opt.set_learning_rate(0.002);
+        assert_eq!(opt.learning_rate(), 0.002);
+        assert!((opt.lr_of(GEOMETRY_CORRECTIVES).unwrap() - 0.01).abs() < 1e-12);
+        assert!((opt.lr_of(REFLECTANCE_CORRECTIVES).unwrap() - 0.02).abs() < 1e-12);
+        // A frozen encoder and geometry basis (configs/truncated-oracle.toml): the reflectance
+        // basis is the reference, and the frozen groups stay frozen.
+        let cfg = crate::config::OptimConfig { lr_encoder: 0.0, lr_geometry: 0.0, ..Default::default() };
+        let mut opt = AdaDelta::for_varmap(&vm, &cfg).unwrap();
+        assert_eq!(opt.learning_rate(), 0.01);
+        opt.set_learning_rate(0.1);
+        assert_eq!(opt.lr_of("encoder.conv1.weight"), Some(0.0));
+        assert_eq!(opt.lr_of(GEOMETRY_CORRECTIVES), Some(0.0));
+        assert!((opt.lr_of(REFLECTANCE_CORRECTIVES).unwrap() - 0.1).abs() < 1e-12);
     }
 
     #[test]
