@@ -62,6 +62,11 @@ pub struct Checkpoint {
 
 /// Save the variables of `varmap` plus `extra` tensors (optimiser state) and `meta`, atomically.
 pub fn save(path: &Path, varmap: &VarMap, extra: &[(String, Tensor)], meta: &Meta) -> Result<()> {
+    crate::io::write_atomic_bytes(path, &to_bytes(path, varmap, extra, meta)?)
+}
+
+/// The file [`save`] writes, as bytes (to stage it with other files); `path` names it in errors.
+pub fn to_bytes(path: &Path, varmap: &VarMap, extra: &[(String, Tensor)], meta: &Meta) -> Result<Vec<u8>> {
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
         tensors.insert(name.clone(), var.as_tensor().to_device(&Device::Cpu)?);
@@ -73,7 +78,7 @@ pub fn save(path: &Path, varmap: &VarMap, extra: &[(String, Tensor)], meta: &Met
     info.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("meta serialises"));
     let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(info))
         .map_err(|e| Error::format(path, format!("serialising the checkpoint: {e}")))?;
-    crate::io::write_atomic_bytes(path, &bytes)
+    Ok(bytes)
 }
 
 /// Load a checkpoint onto `device`.

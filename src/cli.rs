@@ -1000,6 +1000,17 @@ fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
             if let Some(m) = &args.mesh {
                 fml::io::mesh::check_save_path(m)?; // before the model work
             }
+            // The model and mesh must not replace a file they are made from (an in-place
+            // `--format native --shape-modes 20` would lose the source's other modes).
+            let sources: Vec<&Path> =
+                [Some(args.input.as_path()), args.landmarks.as_deref(), args.landmarks_from.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            fml::io::refuse_overwrite("output", &args.output, sources.iter().copied())?;
+            if let Some(m) = &args.mesh {
+                fml::io::refuse_overwrite("mesh", m, sources.iter().copied().chain([args.output.as_path()]))?;
+            }
             let opts = args.options()?;
             let mut model = fml::face_model::import::import_model(args.format(), &args.input, &opts)?;
             args.truncate.apply(&mut model)?;

@@ -423,7 +423,7 @@ impl Config {
     /// Read a TOML config; unknown keys and bad values are errors naming the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_text(path)?;
         let cfg: Config = toml::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
         cfg.validate().map_err(|e| Error::format(path, e.to_string()))?;
         Ok(cfg)

@@ -115,12 +115,15 @@ pub fn run_demo(out: &Path, run: Option<&Path>, seed: u64, faces: usize) -> Resu
             CropSpec::Landmarks(synth_dir.join(format!("{stem}.pts"))),
         ))?;
         if k == 0 {
-            r.mesh().save(&mesh)?;
+            // The three files of one reconstruction, all or none.
+            let mut group = crate::io::WriteGroup::new();
+            r.mesh().stage(&mut group, &mesh)?;
             if let Some(img) = &r.overlay {
-                crate::infer::batch::save_image(img, &overlay)?;
+                group.stage_bytes(&overlay, &crate::infer::batch::encode_image(img, &overlay)?)?;
             }
             let json = serde_json::to_vec_pretty(&r.params).map_err(|e| Error::invalid(format!("parameters: {e}")))?;
-            crate::io::write_atomic_bytes(&params, &json)?;
+            group.stage_bytes(&params, &json)?;
+            group.commit()?;
         }
         // Error against the ground truth (the paper's Table 1 measure).
         let gt = Mesh::load_obj(synth_dir.join(format!("{stem}.obj")))?;

@@ -52,6 +52,36 @@ fn demo_model_inspect_and_round_trip() {
         .stderr(contains("cut.safetensors"));
 }
 
+/// `model import` never replaces its source: an in-place `--format native --shape-modes 2`
+/// would silently drop the source's other modes.
+#[test]
+fn import_never_writes_over_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("demo.safetensors");
+    Command::cargo_bin("fml").unwrap().args(["model", "demo", "-o"]).arg(&m).assert().success();
+    let before = std::fs::read(&m).unwrap();
+    Command::cargo_bin("fml")
+        .unwrap()
+        .args(["model", "import", "--format", "native", "--shape-modes", "2"])
+        .arg(&m)
+        .arg("-o")
+        .arg(dir.path().join(".").join("demo.safetensors"))
+        .assert()
+        .failure()
+        .stderr(contains("would overwrite the input"));
+    assert_eq!(std::fs::read(&m).unwrap(), before);
+    let out = dir.path().join("two.safetensors");
+    Command::cargo_bin("fml")
+        .unwrap()
+        .args(["model", "import", "--format", "native", "--shape-modes", "2"])
+        .arg(&m)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(FaceModel::load(&out).unwrap().num_shape(), 2);
+}
+
 #[test]
 fn the_shared_ict_model_loads_as_it_is() {
     let Some(p) = ict_path() else {

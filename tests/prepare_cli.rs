@@ -84,6 +84,41 @@ fn prepare_fails_only_when_nothing_is_usable() {
         .stderr(contains("val-fraction"));
 }
 
+/// The dataset never replaces a file it is made from: a manifest, an image or a landmark file
+/// named as the output is refused before anything is read or written.
+#[test]
+fn prepare_never_writes_over_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    face(dir.path(), "a.png", 60.0);
+    let manifest = dir.path().join("labels.json");
+    let points: Vec<[f32; 2]> =
+        (0..68).map(|i| [40.0 + (i % 17) as f32 * 3.0, 30.0 + (i / 17) as f32 * 15.0]).collect();
+    let json = serde_json::json!([{"image": "a.png", "landmarks": points}]);
+    std::fs::write(&manifest, json.to_string()).unwrap();
+    let before = std::fs::read(&manifest).unwrap();
+    // The manifest itself, the image it names (spelled through `sub/..`) and a sibling .pts.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    for (input, out) in [
+        (manifest.clone(), manifest.clone()),
+        (manifest.clone(), dir.path().join("sub/../a.png")),
+        (dir.path().join("a.png"), dir.path().join("a.pts")),
+    ] {
+        fml()
+            .args(["prepare", "-q", "-o"])
+            .arg(&out)
+            .arg(&input)
+            .assert()
+            .failure()
+            .stderr(contains("would overwrite the input"));
+    }
+    assert_eq!(std::fs::read(&manifest).unwrap(), before);
+    assert!(image::open(dir.path().join("a.png")).is_ok());
+    // The same inputs into a new file work.
+    let out = dir.path().join("d.fmlds");
+    fml().args(["prepare", "-q", "--size", "32", "-o"]).arg(&out).arg(&manifest).assert().success();
+    assert_eq!(Dataset::open(&out).unwrap().len(), 1);
+}
+
 /// FaceWarehouse-style 74-point `.land` files: refused with a pointer to `--land-map` without a
 /// mapping, read through it with one (same crop and landmarks as the equivalent `.pts`).
 #[test]

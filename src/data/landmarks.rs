@@ -73,12 +73,6 @@ impl Landmarks68 {
     }
 }
 
-fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes)
-        .map_err(|e| Error::format(path, format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))
-}
-
 fn parse_f32(tok: &str, path: &Path, line: usize, what: &str) -> Result<f32> {
     let v: f32 = tok
         .parse()
@@ -165,7 +159,7 @@ pub struct LandMap {
 impl LandMap {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        Self::parse(&read_text(path)?, path)
+        Self::parse(&crate::io::read_text(path)?, path)
     }
 
     fn parse(text: &str, path: &Path) -> Result<Self> {
@@ -256,7 +250,7 @@ fn land_map() -> Option<std::sync::Arc<LandMap>> {
 /// none); [`write_pts`] writes it only when some confidence is not 1.
 pub fn read_pts(path: impl AsRef<Path>) -> Result<Landmarks68> {
     let path = path.as_ref();
-    parse_pts(&read_text(path)?, path)
+    parse_pts(&crate::io::read_text(path)?, path)
 }
 
 fn parse_pts(text: &str, path: &Path) -> Result<Landmarks68> {
@@ -342,7 +336,7 @@ pub fn write_pts(path: impl AsRef<Path>, lm: &Landmarks68) -> Result<()> {
 /// handled by `PrepareConfig::land_y_up` at crop time (it needs the image height).
 pub fn read_land(path: impl AsRef<Path>) -> Result<Landmarks68> {
     let path = path.as_ref();
-    parse_land(&read_text(path)?, path, land_map().as_deref())
+    parse_land(&crate::io::read_text(path)?, path, land_map().as_deref())
 }
 
 fn parse_land(text: &str, path: &Path, map: Option<&LandMap>) -> Result<Landmarks68> {
@@ -418,7 +412,7 @@ pub type Manifest = Vec<Result<ManifestEntry>>;
 /// description, with examples, is `docs/data-formats.md`.
 pub fn read_manifest(path: impl AsRef<Path>) -> Result<Manifest> {
     let path = path.as_ref();
-    let text = read_text(path)?;
+    let text = crate::io::read_text(path)?;
     let base = path.parent().unwrap_or(Path::new(""));
     match extension(path).as_str() {
         "json" => parse_json_manifest(&text, path, base),
@@ -505,7 +499,9 @@ fn parse_csv_manifest(text: &str, path: &Path, base: &Path) -> Manifest {
                 continue;
             }
         };
-        let is_header = first_data && fields.len() > 1 && fields[1].trim().parse::<f32>().is_err();
+        // A header names its columns: no field after the image's is a number. (Testing only
+        // the first would drop a headerless first row with an empty or bad x0 unreported.)
+        let is_header = first_data && fields.len() > 1 && fields[1..].iter().all(|f| f.trim().parse::<f32>().is_err());
         first_data = false;
         if is_header {
             continue;
@@ -735,6 +731,28 @@ mod tests {
         assert!(e.contains("line 7") && e.contains("135 fields"), "{e}");
         let e = m[4].as_ref().unwrap_err().to_string();
         assert!(e.contains("line 8") && e.contains("field 2"), "{e}");
+    }
+
+    /// Without a header, a first row whose x0 is empty is reported as a bad row, not taken for
+    /// a header and dropped; a byte-order mark before a header or a `.pts` file is ignored.
+    #[test]
+    fn csv_first_row_and_byte_order_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let pts = sample_points(68);
+        let m = dir.path().join("m.csv");
+        let text = csv_row("a.png", &pts, None).replacen(",10,", ",,", 1) + &csv_row("b.png", &pts, None);
+        std::fs::write(&m, &text).unwrap();
+        let rows = read_manifest(&m).unwrap();
+        assert_eq!(rows.len(), 2);
+        let e = rows[0].as_ref().unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("field 2"), "{e}");
+        std::fs::write(&m, format!("\u{feff}image,x0,y0\n{}", csv_row("b.png", &pts, None))).unwrap();
+        let rows = read_manifest(&m).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].is_ok());
+        let p = dir.path().join("a.pts");
+        std::fs::write(&p, format!("\u{feff}{}", pts_text(&pts))).unwrap();
+        assert_eq!(read_pts(&p).unwrap().points[3], pts[3]);
     }
 
     #[test]

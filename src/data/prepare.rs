@@ -386,6 +386,15 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
     }
     let mut report = PrepareReport::default();
     let gathered = gather(inputs, &mut report);
+    // The dataset must not replace a manifest, an image or a landmark file it was made from.
+    let sources = gathered.iter().flat_map(|(image, l)| {
+        let file = match l {
+            LandmarkSource::File(f) => Some(f.as_path()),
+            LandmarkSource::Given(_) => None,
+        };
+        std::iter::once(image.as_path()).chain(file)
+    });
+    crate::io::refuse_overwrite("output", output, inputs.iter().map(PathBuf::as_path).chain(sources))?;
     let val = validation_set(gathered.len(), cfg.val_fraction, cfg.seed);
     let candidates: Vec<Candidate> = gathered
         .into_iter()

@@ -112,6 +112,10 @@ fn check_indices(model: &FaceModel, path: &Path) -> Result<()> {
         ("landmarks", &model.landmarks),
         ("contour_right", &model.contour_right),
         ("contour_left", &model.contour_left),
+        // Both index vertex flags (`regions::region_flags`) before `validate` runs, when the
+        // skin mask is derived from the face region.
+        ("skin_mask", &model.skin_mask),
+        ("face_region", &model.face_region),
     ] {
         if let Some(i) = set.iter().position(|&v| v as usize >= n) {
             return Err(Error::format(path, format!("{name}[{i}] = {} is not a vertex index (N = {n})", set[i])));
@@ -247,5 +251,35 @@ mod tests {
         let back = from_bytes(&bytes, Path::new("mem")).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.geometry(&[], &[]).len(), m.num_vertices());
+    }
+
+    /// A face region or skin mask that indexes past the vertices (a 1-based export, say) is an
+    /// error naming the tensor, not a panic where the skin mask is derived from it.
+    #[test]
+    fn region_indices_past_the_vertices_are_an_error() {
+        let m = super::super::demo::demo_model();
+        let n = m.num_vertices();
+        for name in ["face_region", "skin_mask"] {
+            let mut bad = m.clone();
+            let set = if name == "face_region" { &mut bad.face_region } else { &mut bad.skin_mask };
+            set.push(n as u32);
+            let mut bytes = to_bytes(&bad).unwrap();
+            if name == "face_region" {
+                // Without a stored skin mask, loading derives one from the face region.
+                bad.skin_mask.clear();
+                bytes = to_bytes_without(&bad, "skin_mask");
+            }
+            let err = from_bytes(&bytes, Path::new("m.safetensors")).unwrap_err().to_string();
+            assert!(err.contains("m.safetensors") && err.contains(name) && err.contains("not a vertex index"), "{err}");
+        }
+    }
+
+    fn to_bytes_without(m: &FaceModel, skip: &str) -> Vec<u8> {
+        let bytes = to_bytes(m).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let kept: Vec<(String, safetensors::tensor::TensorView)> =
+            st.tensors().into_iter().filter(|(name, _)| name != skip).collect();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        safetensors::serialize(kept, header.metadata().clone()).unwrap()
     }
 }

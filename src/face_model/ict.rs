@@ -41,7 +41,7 @@ struct Config {
 }
 
 fn read_config(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read_text(path)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
     let mut c = Config::default();

@@ -236,7 +236,7 @@ fn check_range(indices: &[u32], n: usize, origin: &Path, what: &str) -> Result<(
 /// Read 68 landmark vertex indices: a JSON list (`[12, 40, ...]`) or integers separated by
 /// whitespace or commas, with `#` comments. 0-based unless `one_based`.
 pub fn read_landmark_file(path: &Path, one_based: bool) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read_text(path)?;
     parse_landmarks(&text, path, one_based)
 }
 

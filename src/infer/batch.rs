@@ -155,7 +155,7 @@ fn is_list(p: &Path) -> bool {
 
 /// Image paths of a `.txt` list, resolved against the list's folder.
 fn read_list(list: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(list).map_err(|e| Error::io(list, e))?;
+    let text = crate::io::read_text(list)?;
     let base = list.parent().unwrap_or(Path::new(""));
     Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| base.join(l)).collect())
 }
@@ -314,7 +314,7 @@ pub fn image_format(path: &Path) -> Result<image::ImageFormat> {
 }
 
 /// `img` encoded by the extension of `path`.
-fn encode_image(img: &image::RgbImage, path: &Path) -> Result<Vec<u8>> {
+pub fn encode_image(img: &image::RgbImage, path: &Path) -> Result<Vec<u8>> {
     let format = image_format(path)?;
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
@@ -342,36 +342,23 @@ pub fn write_outputs(r: &Reconstruction, item: &PlanItem) -> Result<()> {
     group.commit()
 }
 
-/// A path made comparable with others that name the same file: absolute, `.` and `..` resolved,
-/// symbolic links followed for the part that exists.
-fn same_file_key(p: &Path) -> PathBuf {
-    if let Ok(c) = p.canonicalize() {
-        return c;
-    }
-    // Not there yet (an output): canonicalise its folder.
-    match (p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).canonicalize(), p.file_name()) {
-        (Ok(d), Some(n)) => d.join(n),
-        _ => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
-    }
-}
-
 /// The items of a plan that would write over one of the plan's inputs (an image or a landmark
 /// file) or write two outputs to one file (both lose data silently): (item index, why).
 fn overwrites(items: &[PlanItem]) -> Vec<(usize, String)> {
     let mut inputs = std::collections::HashMap::new();
     for it in items {
         if let Some(p) = it.input.path() {
-            inputs.insert(same_file_key(p), p.to_path_buf());
+            inputs.insert(crate::io::same_file_key(p), p.to_path_buf());
         }
         if let CropSpec::Landmarks(l) = &it.input.crop {
-            inputs.insert(same_file_key(l), l.clone());
+            inputs.insert(crate::io::same_file_key(l), l.clone());
         }
     }
     let mut outputs: std::collections::HashMap<PathBuf, (&str, &Path)> = std::collections::HashMap::new();
     let mut bad = Vec::new();
     for (k, it) in items.iter().enumerate() {
         for (what, p) in it.outputs() {
-            let key = same_file_key(p);
+            let key = crate::io::same_file_key(p);
             if let Some(input) = inputs.get(&key) {
                 bad.push((
                     k,

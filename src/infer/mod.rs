@@ -177,6 +177,9 @@ pub fn export(run: &Path, out: &Path) -> Result<PathBuf> {
     let varmap = VarMap::new();
     checkpoint::restore_vars(&ck, &varmap, &[encoder::PREFIX, "correctives."])?;
     crate::io::create_dir(out)?;
+    // Model copy, config and weights as one group: a failure (a full disk) while exporting over
+    // an earlier export must not leave a new config beside the old weights.
+    let mut group = crate::io::WriteGroup::new();
     let mut config = t.config.clone();
     if config.model.path != "demo" {
         let src = PathBuf::from(&config.model.path);
@@ -186,11 +189,12 @@ pub fn export(run: &Path, out: &Path) -> Result<PathBuf> {
         let dst = out.join(name);
         if src.canonicalize().ok() != dst.canonicalize().ok() {
             let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-            crate::io::write_atomic_bytes(&dst, &bytes)?;
+            group.stage_bytes(&dst, &bytes)?;
         }
         config.model.path = name.to_string_lossy().into_owned();
     }
-    crate::io::write_atomic_bytes(out.join("config.toml"), config.to_toml().as_bytes())?;
-    checkpoint::save(&target, &varmap, &[], &t.meta)?;
+    group.stage_bytes(out.join("config.toml"), config.to_toml().as_bytes())?;
+    group.stage_bytes(&target, &checkpoint::to_bytes(&target, &varmap, &[], &t.meta)?)?;
+    group.commit()?;
     Ok(target)
 }

@@ -107,7 +107,7 @@ impl Mesh {
     /// indices); polygons are fan-triangulated; other lines are ignored.
     pub fn load_obj(path: impl AsRef<Path>) -> Result<Mesh> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_text(path)?;
         Self::parse_obj(&text, path)
     }
 

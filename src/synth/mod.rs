@@ -474,23 +474,26 @@ impl<'a> World<'a> {
     }
 }
 
-/// Write one item's four files under `out_dir`.
+/// Write one item's four files under `out_dir`, all or none (an interrupted run leaves no image
+/// without its landmarks and mesh for `prepare` or `eval` to pick up).
 fn write_item(cfg: &SynthConfig, out_dir: &Path, item: &Item) -> Result<()> {
     let (dir, stem) = cfg.item_path(out_dir, item.record.index);
-    crate::io::write_atomic_bytes(dir.join(format!("{stem}.png")), &item.png)?;
-    pts::write_pts(dir.join(format!("{stem}.pts")), &item.record.landmarks_2d)?;
-    item.mesh.save_obj(dir.join(format!("{stem}.obj")))?;
     let json = serde_json::to_string_pretty(&item.record).map_err(|e| {
         Error::invalid(format!("synth: cannot serialise the record of image {}: {e}", item.record.index))
     })?;
-    crate::io::write_atomic_bytes(dir.join(format!("{stem}.json")), json.as_bytes())
+    let mut group = crate::io::WriteGroup::new();
+    group.stage_bytes(dir.join(format!("{stem}.png")), &item.png)?;
+    group.stage_bytes(dir.join(format!("{stem}.pts")), pts::format_pts(&item.record.landmarks_2d).as_bytes())?;
+    item.mesh.stage(&mut group, dir.join(format!("{stem}.obj")))?;
+    group.stage_bytes(dir.join(format!("{stem}.json")), json.as_bytes())?;
+    group.commit()
 }
 
 impl SynthConfig {
     /// Read settings from a TOML file (any subset of the fields; unknown keys are errors).
     pub fn load_toml(path: impl AsRef<Path>) -> Result<SynthConfig> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_text(path)?;
         toml::from_str(&text).map_err(|e| Error::format(path, e.to_string()))
     }
 }

@@ -4,9 +4,7 @@
 //! top-left corner is (0, 0), pixel centres at i + 0.5), not the 1-based convention of some
 //! iBUG tools, so that reading them back needs no shift.
 
-use crate::error::Result;
 use std::fmt::Write;
-use std::path::Path;
 
 /// Decimals written per coordinate: 1e-3 px, far below any annotation's accuracy.
 const DECIMALS: usize = 3;
@@ -22,11 +20,6 @@ pub fn format_pts(points: &[[f32; 2]]) -> String {
     s
 }
 
-/// Write `points` to `path` as a `.pts` file, atomically.
-pub fn write_pts(path: impl AsRef<Path>, points: &[[f32; 2]]) -> Result<()> {
-    crate::io::write_atomic_bytes(path, format_pts(points).as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,9 +28,11 @@ mod tests {
     fn pts_layout() {
         let s = format_pts(&[[1.5, 2.25], [10.0, 0.0004]]);
         assert_eq!(s, "version: 1\nn_points: 2\n{\n1.500 2.250\n10.000 0.000\n}\n");
+        // What the data loaders read back.
+        let pts: Vec<[f32; 2]> = (0..68).map(|i| [i as f32 + 0.25, 2.0 * i as f32]).collect();
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.pts");
-        write_pts(&p, &[[0.5, 0.5]]).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "version: 1\nn_points: 1\n{\n0.500 0.500\n}\n");
+        std::fs::write(dir.path().join("a.pts"), format_pts(&pts)).unwrap();
+        let lm = crate::data::read_pts(dir.path().join("a.pts")).unwrap();
+        assert_eq!(lm.points[67], pts[67]);
     }
 }
