@@ -135,8 +135,9 @@ pub struct CorrectiveConfig {
     pub init_std: [f32; 2],
     /// Std of the initial weights of the encoder's corrective-coefficient outputs. Non-zero so
     /// that with zero bases the bases still receive a gradient (`dL/dTheta = delta^T dL/dF`);
-    /// with both factors zero the product would never move. Chosen so the coefficients start at
-    /// about 0.1.
+    /// with both factors zero the product would never move. Small (0.01), so the coefficients
+    /// start well below the unit-scale z-scores the other outputs regress; their size also
+    /// depends on the hidden layer's activations.
     pub head_std: f32,
     /// Units of the stored bases, `F_g = scale[0] * delta Theta_g` (mm) and
     /// `F_r = scale[1] * delta Theta_r`: a reparametrisation that sets how much one AdaDelta step

@@ -108,6 +108,23 @@ pub fn extract_box(img: &RgbImage, b: FaceBox, pad: Pad) -> RgbImage {
 /// Smallest face box (source pixels) a landmark crop accepts.
 pub const MIN_FACE_BOX: i64 = 8;
 
+/// Largest box side (source pixels) cut out before resizing: the box is built whole (`side² x 3`
+/// bytes, 768 MiB here), so a panorama taken whole or a huge box would otherwise exhaust memory
+/// and abort without a message.
+pub const MAX_BOX_SIDE: i64 = 16384;
+
+/// An error for a box too large to cut out (see [`MAX_BOX_SIDE`]).
+pub fn check_box_side(b: FaceBox) -> Result<()> {
+    if b.side > MAX_BOX_SIDE {
+        return Err(Error::invalid(format!(
+            "the crop box of {} px exceeds {MAX_BOX_SIDE} px (it would need {:.1} GiB): crop or shrink the image first",
+            b.side,
+            (b.side as f64).powi(2) * 3.0 / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
+}
+
 /// Crop, resize and map landmarks. Errors (with `Error::Invalid`) when no landmark is confident,
 /// or the box lies off the image, is smaller than [`MIN_FACE_BOX`] or is absurdly larger than the
 /// image (which only garbage landmarks produce).
@@ -140,6 +157,7 @@ pub fn crop_face(img: &RgbImage, lm: &Landmarks68, cfg: &CropConfig) -> Result<F
             img.height()
         )));
     }
+    check_box_side(b)?;
     let boxed = extract_box(img, b, cfg.pad);
     let image =
         if b.side == cfg.size as i64 { boxed } else { image::imageops::resize(&boxed, cfg.size, cfg.size, cfg.filter) };
@@ -194,6 +212,17 @@ mod tests {
         // Entirely outside on the right: edge replication still fills it.
         let far = extract_box(&img, FaceBox { x0: 10, y0: 0, side: 2 }, Pad::Edge);
         assert_eq!(far.get_pixel(1, 1).0, [30, 10, 7]);
+    }
+
+    /// A box too large to cut out is an error naming the size, not an allocation that aborts.
+    #[test]
+    fn a_huge_box_is_an_error() {
+        let img = RgbImage::new(5000, 2);
+        let lm = lm_box(100.0, 1.0, 4900.0, 1.0);
+        let cfg = |margin| CropConfig { size: 16, margin, ..Default::default() };
+        assert_eq!(crop_face(&img, &lm, &cfg(1.0)).unwrap().image.dimensions(), (16, 16)); // side 4800
+        let e = crop_face(&img, &lm, &cfg(3.5)).unwrap_err().to_string(); // side 16800
+        assert!(e.contains("16800 px exceeds") && e.contains("GiB"), "{e}");
     }
 
     #[test]

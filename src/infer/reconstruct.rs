@@ -11,7 +11,7 @@ use super::overlay::{OverlayConfig, SourceCamera, render_overlay};
 use super::record::{
     CameraRecord, Coefficients, CorrectiveRecord, CropRecord, Illumination, ModelInfo, ParamRecord, PoseRecord,
 };
-use crate::data::crop::{CropConfig, FaceBox, crop_face, extract_box};
+use crate::data::crop::{CropConfig, FaceBox, check_box_side, crop_face, extract_box};
 use crate::data::image::read_rgb8;
 use crate::data::landmarks::{Landmarks68, read_landmark_file};
 use crate::error::{Error, Result};
@@ -220,9 +220,10 @@ pub fn whole_image_box(width: u32, height: u32) -> FaceBox {
 }
 
 /// Cut box `b` from `img` and resize it to `cfg.size`, exactly as [`crop_face`] does.
-fn crop_box(img: &RgbImage, b: FaceBox, cfg: &CropConfig) -> RgbImage {
+fn crop_box(img: &RgbImage, b: FaceBox, cfg: &CropConfig) -> Result<RgbImage> {
+    check_box_side(b)?;
     let boxed = extract_box(img, b, cfg.pad);
-    if b.side == cfg.size as i64 { boxed } else { image::imageops::resize(&boxed, cfg.size, cfg.size, cfg.filter) }
+    Ok(if b.side == cfg.size as i64 { boxed } else { image::imageops::resize(&boxed, cfg.size, cfg.size, cfg.filter) })
 }
 
 /// Crop `img` per `spec`: the `S x S` crop, its box in source pixels, the method, and the given
@@ -241,7 +242,8 @@ fn crop_input(
     match spec {
         CropSpec::Whole => {
             let b = whole_image_box(w, h);
-            Ok((crop_box(img, b, cfg), b, CropMethod::Whole, None))
+            let crop = crop_box(img, b, cfg).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
+            Ok((crop, b, CropMethod::Whole, None))
         }
         CropSpec::BBox(r) => {
             let b = bbox_to_face_box(*r).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
@@ -257,7 +259,8 @@ fn crop_input(
                     b.side
                 )));
             }
-            Ok((crop_box(img, b, cfg), b, CropMethod::Bbox, None))
+            let crop = crop_box(img, b, cfg).map_err(|e| Error::invalid(format!("{name}: {e}")))?;
+            Ok((crop, b, CropMethod::Bbox, None))
         }
         CropSpec::Landmarks(path) => {
             from_landmarks(read_landmark_file(path)?, &format!(" (landmarks {})", path.display()))
