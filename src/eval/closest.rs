@@ -11,6 +11,12 @@ use super::linalg::{self, Vec3, add, dot, scale, sub};
 pub fn closest_point_on_triangle(p: Vec3, a: Vec3, b: Vec3, c: Vec3) -> (Vec3, Vec3) {
     let ab = sub(b, a);
     let ac = sub(c, a);
+    // Zero area first: with `a == b` the edge test below would divide 0 by 0 (its denominator
+    // is |ab|²), and the sum test at the end would never be reached.
+    let n = linalg::cross(ab, ac);
+    if !(dot(n, n) > 0.0) {
+        return degenerate(p, a, b, c);
+    }
     let ap = sub(p, a);
     let d1 = dot(ab, ap);
     let d2 = dot(ac, ap);
@@ -128,5 +134,12 @@ mod tests {
         assert!(linalg::dist_sq(q, [1.0, 0.0, 0.0]) < 1e-24);
         let (q, _) = closest_point_on_triangle([1.0, 1.0, 1.0], [0.5; 3], [0.5; 3], [0.5; 3]);
         assert_eq!(q, [0.5; 3]);
+        // Two corners coincident, in each position (a == b used to give NaN).
+        let (o, x, p) = ([0.0; 3], [1.0, 0.0, 0.0], [0.5, 1.0, 0.0]);
+        for (a, b, c) in [(o, o, x), (o, x, o), (x, o, o)] {
+            let (q, bary) = closest_point_on_triangle(p, a, b, c);
+            assert!(linalg::dist_sq(q, [0.5, 0.0, 0.0]) < 1e-24, "{a:?} {b:?} {c:?}: {q:?}");
+            assert!(bary.iter().all(|w| w.is_finite() && (0.0..=1.0).contains(w)), "{bary:?}");
+        }
     }
 }

@@ -128,12 +128,14 @@ pub fn init_from_landmarks(pred_lm: &[[f32; 3]], gt_lm: &[[f32; 3]]) -> Result<S
 }
 
 /// Initial alignment without landmarks: no rotation (both meshes are assumed to be in the model
-/// frame of `docs/conventions.md`, roughly frontal), the centroid of the predicted vertices onto
-/// the centroid of the ground-truth region, and (if `with_scale`) the RMS radii matched.
+/// frame of `docs/conventions.md`, roughly frontal), the centroid of the predicted surface's
+/// vertices (those its triangles use: the face region, when the prediction carries only its
+/// triangles, not the whole head a model may store) onto the centroid of the ground-truth
+/// region, and (if `with_scale`) the RMS radii matched.
 ///
-/// Choice: this assumes the prediction and the region cover about the same part of the face;
-/// when the prediction is much larger than the crop (a full head against a face crop) the
-/// scale starts too small and ICP must recover it. Prefer [`init_from_landmarks`].
+/// Choice: this assumes the predicted surface and the region cover about the same part of the
+/// face; when the prediction is much larger than the crop (a full head against a face crop)
+/// the scale starts too small and ICP must recover it. Prefer [`init_from_landmarks`].
 ///
 /// # Errors
 /// As [`align`] for bad meshes or region; a ground-truth region or predicted mesh with all
@@ -141,7 +143,17 @@ pub fn init_from_landmarks(pred_lm: &[[f32; 3]], gt_lm: &[[f32; 3]]) -> Result<S
 pub fn init_from_centroids(pred: &Mesh, gt: &Mesh, gt_region: &[u32], with_scale: bool) -> Result<Similarity> {
     check_vertices(pred, "predicted mesh")?;
     let gt_pts = region_points(gt, gt_region)?;
-    let pred_pts: Vec<Vec3> = pred.vertices.iter().map(|&v| linalg::to_f64(v)).collect();
+    // Vertices no triangle uses are not part of the surface ICP measures against.
+    let mut used = vec![pred.triangles.is_empty(); pred.vertices.len()];
+    for t in &pred.triangles {
+        for &i in t {
+            if let Some(u) = used.get_mut(i as usize) {
+                *u = true;
+            }
+        }
+    }
+    let pred_pts: Vec<Vec3> =
+        pred.vertices.iter().zip(&used).filter(|(_, u)| **u).map(|(&v, _)| linalg::to_f64(v)).collect();
     let (cp, rp) = centroid_and_rms(&pred_pts);
     let (cg, rg) = centroid_and_rms(&gt_pts);
     if !(rp > 0.0) || !(rg > 0.0) {
@@ -332,8 +344,10 @@ fn anderson(hist: &std::collections::VecDeque<(Params, Params)>) -> Params {
 /// `init` (e.g. from [`init_from_landmarks`]) or [`init_from_centroids`].
 ///
 /// Matching ground-truth vertices to the predicted *surface* (not predicted vertices to the
-/// ground truth) makes the error independent of either mesh's tessellation and lets the
-/// prediction cover more than the ground-truth region.
+/// ground truth) makes the error independent of the prediction's tessellation and lets the
+/// prediction cover more than the ground-truth region. It does depend on the ground truth's:
+/// every region vertex counts once (no area weights), so a ground-truth mesh denser in one
+/// part of the face weights that part more, as for any per-vertex error over a scan.
 ///
 /// # Shapes
 /// `gt_region`: `[R]` vertex indices into `gt`; `Alignment::distances`: `[R]`.
@@ -642,6 +656,17 @@ mod tests {
         assert_eq!(toml_cfg.trim_fraction, 0.05);
         assert_eq!(toml_cfg.max_iterations, IcpConfig::default().max_iterations);
         assert!(toml::from_str::<IcpConfig>("trim = 0.05").is_err());
+    }
+
+    /// The centroid start looks at the predicted surface only: vertices no triangle uses (the
+    /// rest of a head around a face-region surface) do not pull the start away.
+    #[test]
+    fn centroid_start_ignores_vertices_off_the_surface() {
+        let mesh = demo_model().mean_mesh();
+        let mut head = mesh.clone();
+        head.vertices.extend((0..3000).map(|k| [0.0, -300.0 + k as f32 * 0.01, -400.0]));
+        let t = init_from_centroids(&head, &mesh, &all(&mesh), true).unwrap();
+        assert_transform_close(&t, &Similarity::identity(), 1e-9, 1e-6, 1e-3);
     }
 
     #[test]

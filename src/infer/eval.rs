@@ -19,7 +19,10 @@
 //!   them, else from the centroids. The error of a mesh is the mean over the region of the
 //!   distance from each ground-truth vertex to the aligned predicted *surface* (the paper's
 //!   "Hausdorff distance", read as this one-sided point-to-surface distance: the numbers of
-//!   Table 1 are means, not maxima).
+//!   Table 1 are means, not maxima). Every region vertex counts once: the measure does not
+//!   depend on the prediction's tessellation but does on the ground truth's (no area weights).
+//! - Checks printed under the table: alignments that stopped at the iteration limit, and
+//!   alignments whose scale lies outside 0.67-1.5 (ground truth not in mm; `--gt-scale`).
 //! - Table 1's SD: the standard deviation *across meshes* of the per-mesh mean error (an SD of
 //!   0.38 mm next to a mean of 1.84 mm is far too small to be the spread of per-vertex
 //!   distances). Likewise Fig. 11's SD is across images. Both are population SDs
@@ -281,6 +284,10 @@ pub struct EvalReport {
     pub skipped: Vec<Skipped>,
 }
 
+/// Aligning scales a face of the model's size in mm needs against a ground truth in mm; one
+/// outside hints at ground truth in other units (FaceWarehouse-style data in cm or m, say).
+const SCALE_SANE: (f64, f64) = (0.67, 1.5);
+
 impl EvalReport {
     /// The printed table (paper Table 1 and Fig. 11 for both levels) with skip counts.
     pub fn table(&self) -> String {
@@ -319,6 +326,28 @@ impl EvalReport {
                 );
             }
             (None, None) => {}
+        }
+        // Alignments to look at before trusting the rows (their details are in the JSON).
+        let alignments: Vec<&MeshScore> =
+            self.meshes.iter().flat_map(|m| [&m.base.geometry, &m.final_.geometry, &m.mean_face]).collect();
+        let stopped = alignments.iter().filter(|a| !a.converged).count();
+        if stopped > 0 {
+            let _ = writeln!(
+                s,
+                "note: {stopped} of {} alignments stopped at the ICP iteration limit before converging                  (\"converged\" per mesh in --json)",
+                alignments.len()
+            );
+        }
+        let off = alignments.iter().filter(|a| !(SCALE_SANE.0..=SCALE_SANE.1).contains(&a.scale)).count();
+        if off > 0 {
+            let _ = writeln!(
+                s,
+                "note: {off} of {} alignments needed a scale outside {}-{} (predictions are in mm): \
+                 is the ground truth in mm? (--gt-scale)",
+                alignments.len(),
+                SCALE_SANE.0,
+                SCALE_SANE.1
+            );
         }
         if !self.skipped.is_empty() {
             let _ = writeln!(s, "skipped {} poses:", self.skipped.len());
@@ -783,6 +812,45 @@ mod tests {
             "{t}"
         );
         assert!(!report(None, None).table().contains("note"));
+    }
+
+    /// Alignments that ran out of iterations, or needed a scale that hints at ground truth in
+    /// other units, are counted under the table.
+    #[test]
+    fn table_counts_suspicious_alignments() {
+        let (gt, lm) = gt_face(1.0, 1.0);
+        let good = evaluate_mesh(&gt, Some(&lm), &gt, Some(&lm), &EvalConfig::default()).unwrap();
+        let level = |g: &MeshScore| LevelScore { geometry: g.clone(), photometric: Some(0.1), visible_vertices: 10 };
+        let pose = |g: &MeshScore| PoseResult {
+            tester: "Tester_1".into(),
+            pose: "pose_0".into(),
+            image: "p.png".into(),
+            base: level(g),
+            final_: level(g),
+            mean_face: good.clone(),
+        };
+        let mut report = EvalReport {
+            dataset: "fw".into(),
+            checkpoint: "run".into(),
+            base_checkpoint: None,
+            finetuned_from: None,
+            final_is_base: false,
+            config: EvalConfig::default(),
+            summary: vec![],
+            mean_face_mm: [2.0, 0.5],
+            meshes: vec![pose(&good), pose(&good)],
+            skipped: vec![],
+        };
+        assert!(!report.table().contains("note"), "{}", report.table());
+        let stuck = MeshScore { converged: false, ..good.clone() };
+        let metres = MeshScore { scale: 0.001, ..good.clone() };
+        report.meshes = vec![pose(&stuck), pose(&metres)];
+        let t = report.table();
+        assert!(t.contains("note: 2 of 6 alignments stopped at the ICP iteration limit"), "{t}");
+        assert!(
+            t.contains("note: 2 of 6 alignments needed a scale outside 0.67-1.5") && t.contains("--gt-scale"),
+            "{t}"
+        );
     }
 
     #[test]
