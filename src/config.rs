@@ -486,6 +486,18 @@ impl Config {
                 k.scale, k.init_std, k.head_std
             ));
         }
+        if k.count > 0
+            && k.head_std == 0.0
+            && let Some(kind) = k.init_std.iter().position(|&x| x == 0.0)
+        {
+            // F = delta Theta with both factors zero: dL/dTheta = delta^T dL/dF and
+            // dL/d(head rows) ~ dL/dF Theta^T are zero too, so the correctives never move.
+            return bad(format!(
+                "correctives.head_std = 0 with init_std[{kind}] = 0: both factors of the {} correction start at \
+                 zero and neither would ever receive a gradient; make one of them positive",
+                ["geometry", "reflectance"][kind]
+            ));
+        }
         if self.encoder.conv.len() != 5 {
             return bad(format!(
                 "encoder.conv must list 5 convolutions (modified AlexNet), got {}",
@@ -580,6 +592,7 @@ mod tests {
             ("[params]\nlight = 0.0\n", "params"),
             ("[correctives]\nscale = [100.0, 0.0]\n", "correctives.scale"),
             ("[correctives]\nhead_std = nan\n", "head_std"),
+            ("[correctives]\nhead_std = 0.0\ninit_std = [0.01, 0.0]\n", "init_std[1] = 0"),
             ("[loss]\nref_p = 0.0\n", "loss.ref_p"),
             ("[loss]\nref_beta = -1.0\n", "loss.ref_beta"),
             (
@@ -601,6 +614,8 @@ mod tests {
         }
         std::fs::write(&p, "[optim]\nlr_reflectance = 0.0\n").unwrap();
         assert!(Config::load(&p).is_ok(), "lr 0 freezes a group");
+        std::fs::write(&p, "[correctives]\nhead_std = 0.0\ninit_std = [0.01, 0.001]\n").unwrap();
+        assert!(Config::load(&p).is_ok(), "random bases with a zero head still learn");
     }
 
     #[test]

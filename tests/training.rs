@@ -252,6 +252,12 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     run(&swap_a, Stage::Pretrain, &d.join("p5"), false, None).unwrap();
     let e = err(run(&swap_b, Stage::Finetune { from: d.join("p5") }, &d.join("n"), false, None));
     assert!(e.contains("[5, 16, ") && e.contains("[16, 5, "), "{e}");
+    // ... and under the settings its weights were trained with (the crop size, output scales and
+    // camera are not visible in the weights' shapes).
+    let mut other_camera = cfg.clone();
+    other_camera.camera.focal *= 1.5;
+    let e = err(run(&other_camera, Stage::Finetune { from: a.clone() }, &d.join("n"), false, None));
+    assert!(e.contains("pretrained with other [camera] settings") && e.contains("config.toml"), "{e}");
     let f = d.join("f");
     run(&cfg, Stage::Finetune { from: a.clone() }, &f, false, None).unwrap();
     let e = err(run(&cfg, Stage::Finetune { from: f.clone() }, &d.join("n"), false, None));

@@ -101,6 +101,28 @@ impl AdaDelta {
         Ok(AdaDelta { slots, reference, cfg: AdaDeltaConfig { lr, rho, eps } })
     }
 
+    /// The first variable whose gradient holds a NaN or an infinity, if any. A finite loss can
+    /// still have one (an overflow in the backward pass): AdaDelta would turn it into NaN
+    /// weights, frozen groups (rate 0) included, and the next checkpoint would keep them. One
+    /// sum per variable, read back together (one device sync).
+    pub fn non_finite_gradient(&self, grads: &GradStore) -> Result<Option<String>> {
+        let mut names = Vec::new();
+        let mut sums = Vec::new();
+        for s in &self.slots {
+            if let Some(g) = grads.get(s.var.as_tensor()) {
+                // NaN and +-Inf survive a sum (Inf - Inf is NaN); a sum overflowing to Inf
+                // means gradients near f32's limit, no better.
+                sums.push(g.detach().to_dtype(candle_core::DType::F32)?.sum_all()?); // []
+                names.push(&s.name);
+            }
+        }
+        if sums.is_empty() {
+            return Ok(None);
+        }
+        let sums = Tensor::stack(&sums, 0)?.to_device(&candle_core::Device::Cpu)?.to_vec1::<f32>()?; // [V]
+        Ok(sums.iter().position(|v| !v.is_finite()).map(|i| names[i].clone()))
+    }
+
     /// The learning rate of the variable `name`.
     pub fn lr_of(&self, name: &str) -> Option<f64> {
         self.slots.iter().find(|s| s.name == name).map(|s| s.lr)
@@ -323,6 +345,24 @@ mod tests {
             sq_delta: sd0.to_dtype(candle_core::DType::F64).unwrap(),
         };
         assert!(fused_cpu_step(&slot64, &g.to_dtype(candle_core::DType::F64).unwrap(), rho, eps).unwrap().is_none());
+    }
+
+    #[test]
+    fn non_finite_gradients_are_named() {
+        let dev = Device::Cpu;
+        let a = Var::from_tensor(&Tensor::new(&[1.0f32, 2.0], &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[3.0f32], &dev).unwrap()).unwrap();
+        let opt =
+            AdaDelta::with_groups(vec![("a".into(), a.clone(), 1.0), ("b".into(), b.clone(), 0.0)], 0.9, 1e-6).unwrap();
+        let grads_of = |k: f32| {
+            // d/db (k * b) = k; d/da sum(a) = 1.
+            let loss =
+                (a.as_tensor().sum_all().unwrap() + (b.as_tensor() * k as f64).unwrap().sum_all().unwrap()).unwrap();
+            loss.backward().unwrap()
+        };
+        assert_eq!(opt.non_finite_gradient(&grads_of(2.0)).unwrap(), None);
+        assert_eq!(opt.non_finite_gradient(&grads_of(f32::INFINITY)).unwrap(), Some("b".to_string()));
+        assert_eq!(opt.non_finite_gradient(&grads_of(f32::NAN)).unwrap(), Some("b".to_string()));
     }
 
     #[test]

@@ -313,6 +313,31 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
                     ),
                 ));
             }
+            // The pretrained weights mean something only under the settings they were trained
+            // with: the crop size (240 and 256 px give the same weight shapes), the output scales
+            // and the camera. A run's recorded config says what those were.
+            let recorded = src.parent().unwrap_or(Path::new(".")).join("config.toml");
+            if recorded.is_file() {
+                let theirs = Config::load(&recorded)?;
+                let differ: Vec<&str> = [
+                    ("[encoder]", theirs.encoder == cfg.encoder),
+                    ("[params]", theirs.params == cfg.params),
+                    ("[camera]", theirs.camera == cfg.camera),
+                ]
+                .into_iter()
+                .filter(|(_, same)| !same)
+                .map(|(name, _)| name)
+                .collect();
+                if !differ.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "{} was pretrained with other {} settings ({}); finetuning reads its weights through \
+                         this config's, so they must be the same",
+                        src.display(),
+                        differ.join(", "),
+                        recorded.display()
+                    )));
+                }
+            }
             let ours = [face_model.num_shape(), face_model.num_expr(), face_model.num_albedo()];
             if let Some(theirs) = ck.meta.modes.filter(|m| *m != ours) {
                 return Err(Error::format(
@@ -492,6 +517,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             other => other,
         })?;
         let grads = terms.total.backward()?;
+        if let Some(var) = opt.non_finite_gradient(&grads)? {
+            return Err(Error::NonFinite(format!(
+                "step {}: the gradient of {var} is NaN or infinite although every loss term is finite; \
+                 nothing was updated and the last checkpoint is intact",
+                step + 1
+            )));
+        }
         opt.step(&grads)?;
         step += 1;
         position = batch.next;
@@ -519,7 +551,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         if let Some(val_net) = val_net.as_ref().filter(|_| cfg.train.val_every > 0)
             && (step % cfg.train.val_every == 0 || step == target)
         {
-            let v = validate(val_net, &objective, &loader, cfg.train.val_batches, &device)?;
+            let v = validate(val_net, &objective, &loader, cfg.train.val_batches, &device).map_err(|e| match e {
+                Error::NonFinite(m) => Error::NonFinite(format!("validation after step {step}: {m}")),
+                other => other,
+            })?;
             let line = serde_json::json!({"step": step, "split": "val", "loss": json_terms(&v)});
             writeln!(log, "{line}").map_err(|e| Error::io(opts.out.join("log.jsonl"), e))?;
             validation = Some(v);
