@@ -35,7 +35,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// `--land-map`, for the commands that read landmark files (prepare, reconstruct, eval).
+/// `--land-map` and `--land-y-up`, for the commands that read landmark files (prepare,
+/// reconstruct, eval).
 #[derive(Args, Debug, Default)]
 pub struct LandMapArg {
     /// Point order of .land files that are neither 68 (iBUG) nor 66 (tracker) points, e.g.
@@ -44,6 +45,9 @@ pub struct LandMapArg {
     /// the .land file, or "-" when the scheme lacks it (confidence 0); "#" starts a comment.
     #[arg(long, value_name = "FILE")]
     pub land_map: Option<PathBuf>,
+    /// .land files measure y from the bottom edge of the image.
+    #[arg(long)]
+    pub land_y_up: bool,
 }
 
 impl LandMapArg {
@@ -51,6 +55,7 @@ impl LandMapArg {
         if let Some(p) = &self.land_map {
             fml::data::landmarks::set_land_map(Some(fml::data::LandMap::read(p)?));
         }
+        fml::data::landmarks::set_land_y_up(self.land_y_up);
         Ok(())
     }
 }
@@ -639,9 +644,6 @@ pub struct PrepareArgs {
     /// How far (fraction of the face size) a landmark may lie outside the image.
     #[arg(long, default_value_t = 0.05, value_parser = parse_nonneg::<f32>, allow_negative_numbers = true)]
     pub outside_tolerance: f32,
-    /// .land files measure y from the bottom edge of the image.
-    #[arg(long)]
-    pub land_y_up: bool,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -971,7 +973,7 @@ fn run_prepare(a: PrepareArgs) -> anyhow::Result<()> {
         min_face: a.min_face,
         min_confidence: a.min_confidence,
         outside_tolerance: a.outside_tolerance,
-        land_y_up: a.land_y_up,
+        land_y_up: a.land_map.land_y_up,
         progress: !a.quiet,
         ..fml::data::PrepareConfig::default()
     };

@@ -187,6 +187,26 @@ fn ply_in_camera_frame_and_landmark_crop() {
     );
     assert_eq!((p["mesh_frame"].as_str(), p["mesh_colours"].as_str()), (Some("camera"), Some("shaded")));
 
+    // A .land file measured from the bottom edge (y' = 100 - y) of points whose box is
+    // [20, 10] - [60, 50] (side 52 about (40, 30)): that crop with --land-y-up, the mirrored one
+    // (about (40, 70)) without.
+    let mut up = Landmarks68 { points: [[40.0, 30.0]; 68], confidence: [1.0; 68] };
+    up.points[0] = [20.0, 10.0];
+    up.points[1] = [60.0, 50.0];
+    let land: String = up.points.iter().map(|p| format!("{} {}\n", p[0], 100.0 - p[1])).collect();
+    std::fs::write(d.join("marks.land"), format!("68\n{land}")).unwrap();
+    let crop_with = |flag: Option<&str>| {
+        let mut c = fml();
+        c.args(["reconstruct", "-q", "--checkpoint"]).arg(&run).arg(d.join("img.png"));
+        c.arg("--landmarks").arg(d.join("marks.land")).arg("-o").arg(d.join("l.obj"));
+        c.arg("--params").arg(d.join("l.json")).args(flag);
+        c.assert().success();
+        let p = json(&d.join("l.json"));
+        (p["crop"]["x0"].as_i64(), p["crop"]["y0"].as_i64(), p["crop"]["side"].as_i64())
+    };
+    assert_eq!(crop_with(Some("--land-y-up")), (Some(14), Some(4), Some(52)));
+    assert_eq!(crop_with(None), (Some(14), Some(44), Some(52)));
+
     let bytes = std::fs::read(d.join("m.ply")).unwrap();
     let end = bytes.windows(11).position(|w| w == b"end_header\n").unwrap() + 11;
     let header = String::from_utf8_lossy(&bytes[..end]);

@@ -333,7 +333,8 @@ pub fn write_pts(path: impl AsRef<Path>, lm: &Landmarks68) -> Result<()> {
 /// on every line.
 ///
 /// Coordinates are read as top-left-origin pixels; files measured from the bottom edge are
-/// handled by `PrepareConfig::land_y_up` at crop time (it needs the image height).
+/// handled at crop time, where the image height is known (`PrepareConfig::land_y_up`,
+/// [`read_landmarks_for_image`]).
 pub fn read_land(path: impl AsRef<Path>) -> Result<Landmarks68> {
     let path = path.as_ref();
     parse_land(&crate::io::read_text(path)?, path, land_map().as_deref())
@@ -384,6 +385,28 @@ pub fn read_landmark_file(path: impl AsRef<Path>) -> Result<Landmarks68> {
         "land" => read_land(path),
         other => Err(Error::format(path, format!("unknown landmark file extension {other:?} (use .pts or .land)"))),
     }
+}
+
+static LAND_Y_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set whether `.land` files measure y from the bottom edge of the image (`--land-y-up`), for
+/// [`read_landmarks_for_image`].
+pub fn set_land_y_up(on: bool) {
+    LAND_Y_UP.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// [`read_landmark_file`] for an image `height` pixels tall: points of a `.land` file are read
+/// as `y = height - y` when [`set_land_y_up`] is on (it needs the image, so the parsers cannot do
+/// it).
+pub fn read_landmarks_for_image(path: impl AsRef<Path>, height: u32) -> Result<Landmarks68> {
+    let path = path.as_ref();
+    let mut lm = read_landmark_file(path)?;
+    if LAND_Y_UP.load(std::sync::atomic::Ordering::Relaxed) && extension(path) == "land" {
+        for p in lm.points.iter_mut() {
+            p[1] = height as f32 - p[1];
+        }
+    }
+    Ok(lm)
 }
 
 pub(crate) fn extension(path: &Path) -> String {

@@ -38,7 +38,7 @@
 
 use crate::data::crop::{CropConfig, crop_face};
 use crate::data::image::read_rgb8;
-use crate::data::landmarks::read_landmark_file;
+use crate::data::landmarks::read_landmarks_for_image;
 use crate::error::{Error, Result};
 use crate::eval::{
     IcpConfig, Similarity, align, face_region_by_radius, init_from_centroids, init_from_landmarks, nose_tip_by_max_z,
@@ -478,7 +478,7 @@ fn prepare_pose(entry: &PoseEntry, size: usize, cfg: &EvalConfig) -> std::result
         return Err(format!("missing ground-truth mesh: no {}", obj.display()));
     }
     let img = read_rgb8(&entry.image).map_err(|e| format!("unreadable image: {e}"))?;
-    let lm = read_landmark_file(&lm_path).map_err(|e| format!("bad landmarks: {e}"))?;
+    let lm = read_landmarks_for_image(&lm_path, img.height()).map_err(|e| format!("bad landmarks: {e}"))?;
     let crop_cfg = CropConfig { size: size as u32, margin: cfg.crop_margin, ..CropConfig::default() };
     let crop = crop_face(&img, &lm, &crop_cfg).map_err(|e| format!("no crop: {}: {e}", lm_path.display()))?;
     let mut gt = Mesh::load_obj(&obj).map_err(|e| format!("bad ground-truth mesh: {e}"))?;

@@ -13,7 +13,7 @@ use super::record::{
 };
 use crate::data::crop::{CropConfig, FaceBox, check_box_side, crop_face, extract_box};
 use crate::data::image::read_rgb8;
-use crate::data::landmarks::{Landmarks68, read_landmark_file};
+use crate::data::landmarks::{Landmarks68, read_landmarks_for_image};
 use crate::error::{Error, Result};
 use crate::face_model::topology::vertex_normals;
 use crate::io::mesh::Mesh;
@@ -263,7 +263,7 @@ fn crop_input(
             Ok((crop, b, CropMethod::Bbox, None))
         }
         CropSpec::Landmarks(path) => {
-            from_landmarks(read_landmark_file(path)?, &format!(" (landmarks {})", path.display()))
+            from_landmarks(read_landmarks_for_image(path, h)?, &format!(" (landmarks {})", path.display()))
         }
         CropSpec::Points(lm) => from_landmarks((**lm).clone(), ""),
     }
