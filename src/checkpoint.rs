@@ -14,6 +14,9 @@ pub const FILE: &str = "checkpoint.safetensors";
 /// Metadata key holding [`Meta`] as JSON.
 pub const META_KEY: &str = "fml_checkpoint";
 
+/// The checkpoint layout this build writes and reads ([`Meta::format_version`]).
+pub const FORMAT_VERSION: u32 = 1;
+
 /// Bookkeeping stored beside the tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
@@ -93,6 +96,15 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         .ok_or_else(|| Error::format(path, format!("no {META_KEY} metadata: not an fml checkpoint")))?;
     let meta: Meta =
         serde_json::from_str(meta_json).map_err(|e| Error::format(path, format!("bad {META_KEY} metadata: {e}")))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(Error::format(
+            path,
+            format!(
+                "checkpoint format version {} (this fml reads version {FORMAT_VERSION}): written by another fml release",
+                meta.format_version
+            ),
+        ));
+    }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::format(path, format!("reading tensors: {e}")))?;
     for (name, t) in &tensors {

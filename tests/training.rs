@@ -210,6 +210,14 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     // Nothing left to do: no steps, no error.
     let r = run(&longer, Stage::Pretrain, &a, true, None).unwrap();
     assert!(r.last.is_empty() && r.step == 3);
+    // Without the run's config.toml the checkpoint's own record still holds the seed.
+    let bare = d.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(a.join(fml::checkpoint::FILE), bare.join(fml::checkpoint::FILE)).unwrap();
+    let mut reseeded = longer.clone();
+    reseeded.train.seed += 1;
+    let e = err(run(&reseeded, Stage::Pretrain, &bare, true, None));
+    assert!(e.contains("train.seed") && e.contains("checkpoint.safetensors"), "{e}");
 
     // A fresh start in a directory whose earlier run stopped before its first checkpoint
     // replaces that run's log instead of appending to it.
@@ -235,6 +243,12 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     assert!(e.contains("encoder.head.bias") && e.contains("checkpoint.safetensors"), "{e}");
     let e = err(run(&cfg, Stage::Finetune { from: m.clone() }, &d.join("n"), false, None));
     assert!(e.contains("missing tensor") && e.contains("encoder.head.bias"), "{e}");
+    // So is one written by another checkpoint format.
+    let mut newer = ck.meta.clone();
+    newer.format_version += 1;
+    fml::checkpoint::save(&d.join("v2.safetensors"), &varmap, &[], &newer).unwrap();
+    let e = fml::checkpoint::load(&d.join("v2.safetensors"), &Device::Cpu).map(|_| ()).expect_err("v2").to_string();
+    assert!(e.contains("v2.safetensors") && e.contains("format version 2"), "{e}");
     // So is one of another dtype (the optimiser state included).
     let f16 = VarMap::new();
     let t = candle_core::Tensor::zeros(3, candle_core::DType::F16, &Device::Cpu).unwrap();

@@ -625,7 +625,7 @@ mod tests {
             head.set(&Tensor::from_vec(v, head.dims1().unwrap(), &Device::Cpu).unwrap()).unwrap();
         }
         let meta = Meta {
-            format_version: 1,
+            format_version: crate::checkpoint::FORMAT_VERSION,
             stage: if correctives > 0 { "finetune".into() } else { "pretrain".into() },
             step: 0,
             loader: Default::default(),

@@ -282,6 +282,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             }
         }
         let ck = checkpoint::load(&ckpt_path, &device)?;
+        // Checked even without the run's config.toml (deleted, or a copied checkpoint): every
+        // random draw (batch order, augmentation, E_glo partners) follows the seed.
+        if ck.meta.seed != cfg.train.seed {
+            return Err(Error::invalid(format!(
+                "--resume would not continue the same run: {} was trained with train.seed = {}, this config has {}",
+                ckpt_path.display(),
+                ck.meta.seed,
+                cfg.train.seed
+            )));
+        }
         if ck.meta.stage != opts.stage.name() {
             return Err(Error::invalid(format!(
                 "{} is a {} checkpoint, not {}",
@@ -465,7 +475,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let target = opts.stop_at.map_or(cfg.train.steps, |s| s.min(cfg.train.steps));
 
     let meta_at = |step: u64, loader: Position| Meta {
-        format_version: 1,
+        format_version: checkpoint::FORMAT_VERSION,
         stage: opts.stage.name().into(),
         step,
         loader,
