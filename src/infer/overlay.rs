@@ -91,13 +91,14 @@ impl SourceCamera {
         SourceCamera { focal, principal, width, height, near: k.near }
     }
 
-    /// Source pixel of a camera-space point; `None` at or behind the near plane.
+    /// Source pixel of a camera-space point; `None` at or behind the near plane, or not finite.
     pub fn project(&self, p: [f32; 3]) -> Option<[f32; 2]> {
         let d = -p[2];
-        if d <= self.near {
+        if !(d > self.near) {
             return None;
         }
-        Some([self.principal[0] + self.focal * p[0] / d, self.principal[1] - self.focal * p[1] / d])
+        let uv = [self.principal[0] + self.focal * p[0] / d, self.principal[1] - self.focal * p[1] / d];
+        uv.iter().all(|x| x.is_finite()).then_some(uv)
     }
 
     /// Centred intrinsics of the source image (principal point at `(W/2, H/2)`).
@@ -236,6 +237,10 @@ mod tests {
             }
         }
         assert!(cam.project([0.0, 0.0, -5.0]).is_none());
+        // Not finite: no point, as behind the camera.
+        assert!(cam.project([f32::NAN, 0.0, -500.0]).is_none());
+        assert!(cam.project([0.0, 0.0, f32::NAN]).is_none());
+        assert!(k.project([f32::INFINITY, 0.0, -500.0]).is_none() && k.project([0.0, 0.0, f32::NAN]).is_none());
         assert_eq!(cam.record().cx, -13.0 + 75.0);
     }
 

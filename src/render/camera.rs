@@ -21,15 +21,17 @@ impl Intrinsics {
         [self.width as f32 * 0.5, self.height as f32 * 0.5]
     }
 
-    /// Project a camera-space point; None when it is not in front of the near plane.
+    /// Project a camera-space point; None when it is not in front of the near plane or its
+    /// projection is not finite (a NaN or infinite coordinate).
     #[inline]
     pub fn project(&self, p: [f32; 3]) -> Option<[f32; 2]> {
         let d = -p[2];
-        if d <= self.near {
+        if !(d > self.near) {
             return None;
         }
         let [cx, cy] = self.centre();
-        Some([cx + self.focal * p[0] / d, cy - self.focal * p[1] / d])
+        let uv = [cx + self.focal * p[0] / d, cy - self.focal * p[1] / d];
+        uv.iter().all(|x| x.is_finite()).then_some(uv)
     }
 
     /// The camera distance at which an object `extent` mm wide spans `fill` of the image width.

@@ -341,6 +341,17 @@ fn bad_input_is_an_error_or_documented_behaviour() {
     let inf_gamma = Tensor::new(g, &dev).unwrap();
     let input_g = RenderInput { rotation: &s.rotation, gamma: &inf_gamma, ..input };
     assert!(!layer.photometric(&layer.render(&input_g).unwrap()).unwrap().to_vec1::<f32>().unwrap()[0].is_finite());
+    // A non-finite parameter that culls every vertex (a translation of +Inf puts the face
+    // behind the near plane): NaN on both backends, not a loss of 0 on the fast path.
+    let inf_t = Tensor::new(&[[0.0f32, 0.0, f32::INFINITY]], &dev).unwrap();
+    let input_t = RenderInput { rotation: &s.rotation, translation: &inf_t, ..input };
+    for backend in [Backend::Reference, Backend::Fast] {
+        let l = ImageFormation::new(&s.model, s.k, backend, &dev).unwrap();
+        let out = l.render(&input_t).unwrap();
+        assert_eq!(out.visible.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "{backend:?}");
+        let photo = l.photometric(&out).unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!(photo.is_nan(), "{backend:?}: +Inf translation gave photometric {photo}");
+    }
     // Everything behind the camera: invisible, finite, no panic.
     let behind = Tensor::new(&[[0.0f32, 0.0, 900.0]], &dev).unwrap();
     let input = RenderInput { translation: &behind, rotation: &s.rotation, ..input };

@@ -433,9 +433,9 @@ impl<'a> World<'a> {
             let p = transform(&r, t, lm3[l]);
             let n = rotate(&r, normals[v as usize]);
             // The camera distance keeps every landmark far beyond the near plane.
-            let uv = intrinsics
-                .project(p)
-                .ok_or_else(|| Error::invalid(format!("synth: landmark {l} of image {i} is behind the near plane")))?;
+            let uv = intrinsics.project(p).ok_or_else(|| {
+                Error::invalid(format!("synth: landmark {l} of image {i} is behind the near plane or not finite"))
+            })?;
             let facing = n[0] * -p[0] + n[1] * -p[1] + n[2] * -p[2] > 0.0;
             let samplable = uv[0] >= 0.5 && uv[1] >= 0.5 && uv[0] < size - 0.5 && uv[1] < size - 0.5;
             let unoccluded = samplable && {
