@@ -154,6 +154,23 @@ pub fn write_dataset<I>(path: impl AsRef<Path>, size: u32, info: serde_json::Val
 where
     I: IntoIterator<Item = (Record, RecordMeta)>,
 {
+    write_dataset_then(path, size, info, records, |_| ())
+}
+
+/// [`write_dataset`], with `finish` given every record's meta (in file order) once all records
+/// are written and before the index is: the index comes last in the file, so what depends on the
+/// whole set (`fml prepare`'s train/validation split over the faces that survived its checks)
+/// can be decided there.
+pub fn write_dataset_then<I>(
+    path: impl AsRef<Path>,
+    size: u32,
+    info: serde_json::Value,
+    records: I,
+    finish: impl FnOnce(&mut [RecordMeta]),
+) -> Result<usize>
+where
+    I: IntoIterator<Item = (Record, RecordMeta)>,
+{
     let path = path.as_ref();
     if size == 0 || size > MAX_SIZE {
         return Err(Error::invalid(format!("dataset crop size {size} outside 1..={MAX_SIZE}")));
@@ -172,6 +189,7 @@ where
             empty = true;
             return Err(std::io::Error::other("no records"));
         }
+        finish(&mut metas);
         let header = DatasetHeader {
             format: "fmlds".into(),
             version: VERSION,

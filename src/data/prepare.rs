@@ -5,7 +5,7 @@
 //! The run fails only when no face at all is usable.
 
 use super::crop::{CropConfig, crop_face};
-use super::dataset::{Record, RecordMeta, Split, write_dataset};
+use super::dataset::{Record, RecordMeta, Split, write_dataset_then};
 use super::image::read_rgb8;
 use super::landmarks::{Landmarks68, extension, read_landmark_file, read_manifest};
 use crate::error::{Error, Result};
@@ -118,6 +118,9 @@ pub enum SkipReason {
     LowConfidence,
     /// An input path that is missing, or a manifest that cannot be read as a whole.
     BadInput,
+    /// An image given a second time (by two inputs, a folder and a manifest, or a link): packed
+    /// once, so that one face cannot land in both splits.
+    Duplicate,
 }
 
 impl SkipReason {
@@ -130,6 +133,7 @@ impl SkipReason {
             SkipReason::LandmarksOutside => "landmarks outside the image",
             SkipReason::LowConfidence => "low landmark confidence",
             SkipReason::BadInput => "bad input (missing path or unreadable manifest)",
+            SkipReason::Duplicate => "duplicate image (given more than once; packed once)",
         }
     }
 }
@@ -196,7 +200,6 @@ enum LandmarkSource {
 struct Candidate {
     image: PathBuf,
     landmarks: LandmarkSource,
-    split: Split,
 }
 
 /// Whether `path` names an image fml reads (by extension, case-insensitive: [`IMAGE_EXTENSIONS`]).
@@ -210,13 +213,18 @@ fn sibling_landmarks(image: &Path) -> Option<PathBuf> {
 }
 
 /// All image files under `dir`, sorted by path for a deterministic order. Hidden entries are
-/// skipped; symlinked folders are followed up to a fixed depth (guards against cycles). A folder
-/// that cannot be listed is passed to `unreadable` and skipped; the scan goes on.
+/// skipped; symlinked folders are followed, each real folder listed once (a link back up, as
+/// `ln -s . loop`, would otherwise list everything again at every depth), to a fixed depth. A
+/// folder that cannot be listed is passed to `unreadable` and skipped; the scan goes on.
 pub fn scan_images(dir: &Path, mut unreadable: impl FnMut(&Path, std::io::Error)) -> Vec<PathBuf> {
     const MAX_DEPTH: usize = 32;
     let mut out = Vec::new();
+    let mut listed = std::collections::HashSet::new();
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
     while let Some((d, depth)) = stack.pop() {
+        if !listed.insert(d.canonicalize().unwrap_or_else(|_| d.clone())) {
+            continue;
+        }
         let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) => {
@@ -242,8 +250,24 @@ pub fn scan_images(dir: &Path, mut unreadable: impl FnMut(&Path, std::io::Error)
     out
 }
 
-/// Turn the inputs into candidates (in input order), recording what is unusable up front.
+/// Turn the inputs into candidates (in input order), recording what is unusable up front. An
+/// image met twice (two inputs, a folder and a manifest, a link) is kept once, at its first
+/// mention: one face, one record, never in both splits.
 fn gather(inputs: &[PathBuf], report: &mut PrepareReport) -> Vec<(PathBuf, LandmarkSource)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut unique = Vec::new();
+    for (image, l) in gather_all(inputs, report) {
+        if seen.insert(crate::io::same_file_key(&image)) {
+            unique.push((image, l));
+        } else {
+            report.skip(SkipReason::Duplicate, format!("{}", image.display()));
+        }
+    }
+    unique
+}
+
+/// Every (image, landmarks) the inputs name, duplicates included.
+fn gather_all(inputs: &[PathBuf], report: &mut PrepareReport) -> Vec<(PathBuf, LandmarkSource)> {
     let mut out = Vec::new();
     let add_image = |img: PathBuf, out: &mut Vec<_>, report: &mut PrepareReport| {
         report.found += 1;
@@ -284,9 +308,9 @@ fn gather(inputs: &[PathBuf], report: &mut PrepareReport) -> Vec<(PathBuf, Landm
     out
 }
 
-/// Indices (into `n` candidates) that go to validation: `round(fraction * n)` of them, at least
+/// Indices (into `n` packed faces) that go to validation: `round(fraction * n)` of them, at least
 /// one when the fraction is positive, and never all of them (none when n < 2).
-/// Chosen by a seeded shuffle so the split depends only on (seed, candidate order).
+/// Chosen by a seeded shuffle so the split depends only on (seed, the faces' order).
 fn validation_set(n: usize, fraction: f64, seed: u64) -> Vec<bool> {
     let mut k = (fraction * n as f64).round() as usize;
     if n < 2 {
@@ -362,8 +386,12 @@ fn process(c: &Candidate, cfg: &PrepareConfig) -> Processed {
         landmarks: crop.landmarks.points,
         confidence: crop.landmarks.confidence,
     };
-    let meta =
-        RecordMeta { source: c.image.to_string_lossy().into_owned(), face_box: [b.x0, b.y0, b.side], split: c.split };
+    // The split is drawn once every face is checked (`prepare`).
+    let meta = RecordMeta {
+        source: c.image.to_string_lossy().into_owned(),
+        face_box: [b.x0, b.y0, b.side],
+        split: Split::Train,
+    };
     Ok((record, meta))
 }
 
@@ -395,12 +423,8 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
         std::iter::once(image.as_path()).chain(file)
     });
     crate::io::refuse_overwrite("output", output, inputs.iter().map(PathBuf::as_path).chain(sources))?;
-    let val = validation_set(gathered.len(), cfg.val_fraction, cfg.seed);
-    let candidates: Vec<Candidate> = gathered
-        .into_iter()
-        .zip(val)
-        .map(|((image, landmarks), v)| Candidate { image, landmarks, split: if v { Split::Val } else { Split::Train } })
-        .collect();
+    let candidates: Vec<Candidate> =
+        gathered.into_iter().map(|(image, landmarks)| Candidate { image, landmarks }).collect();
     if candidates.is_empty() {
         return Err(Error::invalid(format!("no usable faces in {}: nothing was written\n{report}", names(inputs))));
     }
@@ -444,19 +468,22 @@ pub fn prepare(inputs: &[PathBuf], output: &Path, cfg: &PrepareConfig) -> Result
         let mut kept = Vec::with_capacity(done.len());
         for r in done {
             match r {
-                Ok((rec, meta)) => {
-                    match meta.split {
-                        Split::Train => n_train += 1,
-                        Split::Val => n_val += 1,
-                    }
-                    kept.push((rec, meta));
-                }
+                Ok(ok) => kept.push(ok),
                 Err(skip) => skips.push(skip),
             }
         }
         kept
     });
-    let written = write_dataset(output, cfg.crop.size, info, records);
+    // The split is drawn over the faces that were packed, not over the candidates: faces
+    // skipped afterwards would otherwise shift the fraction, and could leave no training face.
+    let written = write_dataset_then(output, cfg.crop.size, info, records, |metas| {
+        let val = validation_set(metas.len(), cfg.val_fraction, cfg.seed);
+        for (meta, v) in metas.iter_mut().zip(val) {
+            meta.split = if v { Split::Val } else { Split::Train };
+        }
+        n_val = metas.iter().filter(|m| m.split == Split::Val).count();
+        n_train = metas.len() - n_val;
+    });
     pb.finish();
     // Every face skipped (not a write that failed part-way, which keeps its own error).
     let all_skipped = skips.len() == n_candidates;
@@ -638,13 +665,15 @@ mod tests {
         assert_eq!(count(SkipReason::LandmarksOutside), 1, "{r}");
         assert_eq!(count(SkipReason::LowConfidence), 1, "{r}");
         assert_eq!(count(SkipReason::BadInput), 3, "{r}"); // broken.json, missing_dir, notes.txt
-        assert_eq!(r.train + r.val, 7, "{r}"); // good1, good2, deep, gray16, rgba, land66, csv good1
+        assert_eq!(count(SkipReason::Duplicate), 1, "{r}"); // good1.png again, from the CSV
+        assert_eq!(r.train + r.val, 6, "{r}"); // good1, good2, deep, gray16, rgba, land66
+        assert_eq!(r.val, 2, "{r}"); // round(0.3 * 6 packed faces)
         assert_eq!(r.found, 15, "{r}"); // 13 images in the folder + 2 CSV rows
         let text = r.to_string();
         assert!(text.contains("short.pts") && text.contains("67 landmarks"), "{text}");
         assert!(text.contains("trunc.png"), "{text}");
         let ds = Dataset::open(&out).unwrap();
-        assert_eq!(ds.len(), 7);
+        assert_eq!(ds.len(), 6);
         assert_eq!(ds.indices(Some(Split::Val)).len(), r.val);
         // The 16-bit gray face is gray (40000 / 257 = 155.6 -> 156) and the RGBA one composited.
         let gi = ds.header().records.iter().position(|m| m.source.ends_with("gray16.png")).unwrap();
@@ -666,6 +695,44 @@ mod tests {
             })
             .collect();
         assert!(other.iter().any(|v| *v != ds.indices(Some(Split::Val))), "split ignores the seed");
+    }
+
+    /// The split is drawn over the faces that were packed: with one of two faces skipped, the
+    /// other trains (drawn over the candidates it could have been the validation face, leaving
+    /// no training record).
+    #[test]
+    fn the_split_is_drawn_after_the_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let img = RgbImage::from_pixel(160, 160, image::Rgb([90, 90, 90]));
+        for seed in 0..8 {
+            let sub = d.join(format!("s{seed}"));
+            std::fs::create_dir(&sub).unwrap();
+            save_face(&sub, "a.png", &img, &face_points(80.0, 80.0, 40.0, 50.0));
+            save_face(&sub, "b.png", &img, &face_points(80.0, 80.0, 3.0, 3.0)); // too small
+            let cfg = PrepareConfig { val_fraction: 0.5, seed, ..quiet(32) };
+            let r = prepare(std::slice::from_ref(&sub), &d.join(format!("{seed}.fmlds")), &cfg).unwrap();
+            assert_eq!((r.train, r.val), (1, 0), "seed {seed}: {r}");
+        }
+    }
+
+    /// A folder reached twice (a link back up) is listed once; an image given twice is packed once.
+    #[cfg(unix)]
+    #[test]
+    fn links_and_repeated_inputs_give_each_face_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let img = RgbImage::from_pixel(160, 160, image::Rgb([90, 90, 90]));
+        save_face(d, "a.png", &img, &face_points(80.0, 80.0, 40.0, 50.0));
+        std::fs::create_dir(d.join("sub")).unwrap();
+        save_face(&d.join("sub"), "b.png", &img, &face_points(80.0, 80.0, 40.0, 50.0));
+        std::os::unix::fs::symlink(".", d.join("loop")).unwrap();
+        std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
+        let found = scan_images(d, |p, e| panic!("{}: {e}", p.display()));
+        assert_eq!(found.len(), 2, "{found:?}");
+        let r = prepare(&[d.to_path_buf(), d.join("sub"), d.join("a.png")], &d.join("o.fmlds"), &quiet(32)).unwrap();
+        // Found 5: a, sub/b (from d); sub/b, sub/up/a (from sub); a.png; packed 2.
+        assert_eq!((r.train + r.val, r.skipped.get(&SkipReason::Duplicate).copied()), (2, Some(3)), "{r}");
     }
 
     #[test]
