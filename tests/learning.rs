@@ -163,11 +163,12 @@ fn pretraining_learns_and_correctives_improve_on_a_truncated_base_model() {
     // *higher* with this seed on an AMD EPYC VM (2026-12-07, same code: already the pretrained
     // network differs, 4.241 mm against 4.305, most likely through the matrix kernels that are
     // picked at run time by CPU features and round differently; 3.5-12 % lower with the other 3
-    // seeds there). So this comparison depends on how good the pretrained network happens to
-    // be; the test only bounds it.
+    // seeds there; -0.2 % once `fml prepare` drew its split after its checks, which changed
+    // this test's split). So this comparison depends on how good the pretrained network happens
+    // to be; the test only bounds it.
     assert!(gf < 1.03 * base, "final-level geometric error {gf} far worse than the pretrained base level's {base}");
     // The finetuned network's own base level is better still: the final level 0.5-0.8 % worse
-    // (4 seeds, one VM; 0.6-0.9 % on the EPYC VM). The correctives' own geometric gain is not
+    // (4 seeds, one VM; 0.6-0.9 % on the EPYC VM, with either split). The correctives' own geometric gain is not
     // reproduced at this scale with the paper's losses (README, "What the tests show").
     assert!(gf < 1.02 * gb, "final-level geometric error {gf} far worse than the base level's {gb}");
 
@@ -177,8 +178,10 @@ fn pretraining_learns_and_correctives_improve_on_a_truncated_base_model() {
     // landmarks of the mouth and jaw see it in every image. Measured (2-core VM): final / base
     // geometric error 0.982, 0.985, 0.981 for three training seeds, photometric error 1 % lower;
     // the correction's component along the jaw mode follows the true weight (r = 0.76). On an AMD
-    // EPYC VM (another SIMD path, another trajectory): 0.988, photometric 0.7 % lower; hence
-    // the 0.5 % margin below.
+    // EPYC VM (another SIMD path, another trajectory): 0.988, photometric 0.7 % lower; there
+    // with the split drawn after prepare's checks (another training set): 0.994 (4.560 vs
+    // 4.588 mm), photometric 0.6 % lower. A small gain whose size depends on the run, so the
+    // test asserts its sign.
     let mut jcfg = cfg.clone();
     jcfg.model.shape_modes = Some(2);
     jcfg.model.expr_modes = Some(0);
@@ -197,5 +200,5 @@ fn pretraining_learns_and_correctives_improve_on_a_truncated_base_model() {
         "jaw-less base, sparse_final: photometric base {pb:.4} final {pf:.4}; geometry base {gb:.3} mm final {gf:.3} mm"
     );
     assert!(pf < pb, "final-level photometric error {pf} not below the base level's {pb}");
-    assert!(gf < 0.995 * gb, "final-level geometric error {gf} not 0.5 % below the base level's {gb}");
+    assert!(gf < gb, "final-level geometric error {gf} not below the base level's {gb}");
 }
