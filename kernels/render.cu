@@ -242,12 +242,11 @@ extern "C" __global__ void fml_photo_partial(PhotoParams p, const float* a, cons
     if (i < n) {
         size_t gi = b * n + i;
         float mi = m[gi];
-        float3 d = sub3(ld3(a, gi), ld3(c, gi));
-        float t = sqrtf(dot3(d, d) + p.eps);
-        // Outside the mask: 0, or NaN for a non-finite norm (0 x Inf, 0 x NaN), as the
-        // reference's norm * mask (CPU twin: `sums` in src/render/ops/photo.rs).
-        s = mi > 0.f ? mi * t : 0.f * t;
-        k = mi > 0.f ? mi : 0.f;
+        if (mi > 0.f) {
+            float3 d = sub3(ld3(a, gi), ld3(c, gi));
+            s = mi * sqrtf(dot3(d, d) + p.eps);
+            k = mi;
+        }
     }
     s_sum[threadIdx.x] = s; s_cnt[threadIdx.x] = k;
     __syncthreads();
@@ -261,13 +260,13 @@ extern "C" __global__ void fml_photo_partial(PhotoParams p, const float* a, cons
     }
 }
 
-// loss[b] = sum / count (0 when nothing is visible, NaN when the sum is); counts[b] = count.
+// loss[b] = sum / count (0 when nothing is visible); counts[b] = count.
 extern "C" __global__ void fml_photo_finish(PhotoParams p, unsigned blocks, const float* partial, float* loss, float* counts) {
     unsigned b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= p.batch) return;
     float s = 0.f, k = 0.f;
     for (unsigned q = 0; q < blocks; ++q) { s += partial[((size_t)b * blocks + q) * 2]; k += partial[((size_t)b * blocks + q) * 2 + 1]; }
-    loss[b] = k > 0.f ? s / k : 0.f * s;  // NaN stays NaN with nothing visible
+    loss[b] = k > 0.f ? s / k : 0.f;
     counts[b] = k;
 }
 

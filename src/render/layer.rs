@@ -144,15 +144,25 @@ impl ImageFormation {
     /// The photometric term of eq. 9 per image.
     ///
     /// An image with no visible vertex contributes 0 (documented behaviour for "everything
-    /// culled"); callers can detect it from `visible`.
+    /// culled"); callers can detect it from `visible`. A non-finite shaded colour anywhere in an
+    /// image, visible or not, makes its loss NaN on both backends.
     ///
     /// # Shapes
     /// - `r`: a [`Rendered`] batch (`sampled`, `shaded` `[B, N, 3]`, `visible` `[B, N]`)
     /// - returns: `[B]`
     pub fn photometric(&self, r: &Rendered) -> Result<Tensor> {
-        Ok(match self.backend {
+        let loss = match self.backend {
             Backend::Reference => reference::photometric_l21(&r.sampled, &r.shaded, &r.visible)?,
             Backend::Fast => ops::photo::photometric_l21(&r.sampled, &r.shaded, &r.visible)?,
-        })
+        }; // [B]
+        // The fast op skips masked-out vertices (their colours never reach the sum), so a
+        // non-finite parameter that also culls every vertex (a translation of +Inf: the face
+        // lies beyond the near plane, with NaN normals and shading) would give a loss of 0
+        // there, where the reference gives NaN (its norm * mask is 0 x NaN). Every shaded colour
+        // depends on the pose, geometry, reflectance and light, so adding 0 x (its per-image
+        // sum) carries any NaN or infinity into the loss and changes nothing else: the value
+        // adds 0 and the gradient of this term is 0. No host synchronisation.
+        let guard = (r.shaded.sum((1, 2))?.detach() * 0.0)?; // [B]
+        Ok((loss + guard)?)
     }
 }

@@ -19,11 +19,6 @@ pub struct PhotoParams {
 pub const PHOTO_EPS: f32 = 1e-12;
 
 /// Per-image (sum of norms, visible count), reduced in fixed blocks for determinism.
-///
-/// A vertex outside the mask adds nothing, unless its norm is not finite: then the sum is NaN,
-/// as the reference's `norm * mask` makes it (0 x NaN). Otherwise a NaN or infinite parameter
-/// that leaves every vertex culled (a translation of +Inf puts the face behind the near plane)
-/// would give a finite loss on this path only.
 fn sums<T: Real>(p: &PhotoParams, a: &[T], c: &[T], m: &[T]) -> Vec<(T, T)> {
     let n = p.num_vertices as usize;
     let eps = T::from_f64(p.eps as f64);
@@ -35,13 +30,10 @@ fn sums<T: Real>(p: &PhotoParams, a: &[T], c: &[T], m: &[T]) -> Vec<(T, T)> {
                     let (mut s, mut k) = (T::zero(), T::zero());
                     for i in blk * CPU_BLOCK..((blk + 1) * CPU_BLOCK).min(n) {
                         let gi = b * n + i;
-                        let d2 = (0..3).fold(T::zero(), |acc, q| acc + (a[gi * 3 + q] - c[gi * 3 + q]).powi(2));
-                        let t = (d2 + eps).sqrt();
                         if m[gi] > T::zero() {
-                            s += m[gi] * t;
+                            let d2 = (0..3).fold(T::zero(), |acc, q| acc + (a[gi * 3 + q] - c[gi * 3 + q]).powi(2));
+                            s += m[gi] * (d2 + eps).sqrt();
                             k += m[gi];
-                        } else if !t.is_finite() {
-                            s = T::nan();
                         }
                     }
                     (s, k)
@@ -52,10 +44,9 @@ fn sums<T: Real>(p: &PhotoParams, a: &[T], c: &[T], m: &[T]) -> Vec<(T, T)> {
         .collect()
 }
 
-/// CPU forward: `[B]` per-image photometric error (0 for an image with no visible vertex, NaN
-/// when any vertex's colours are not finite, see `sums`).
+/// CPU forward: `[B]` per-image photometric error (0 for an image with no visible vertex).
 pub fn photo_fwd_cpu<T: Real>(p: &PhotoParams, sampled: &[T], shaded: &[T], mask: &[T]) -> Vec<T> {
-    sums(p, sampled, shaded, mask).into_iter().map(|(s, k)| if k > T::zero() { s / k } else { s * T::zero() }).collect()
+    sums(p, sampled, shaded, mask).into_iter().map(|(s, k)| if k > T::zero() { s / k } else { T::zero() }).collect()
 }
 
 /// CPU backward: gradient with respect to `sampled` (that of `shaded` is its negative).
