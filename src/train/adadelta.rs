@@ -110,6 +110,18 @@ impl AdaDelta {
         let mut sums = Vec::new();
         for s in &self.slots {
             if let Some(g) = grads.get(s.var.as_tensor()) {
+                // On a CPU, a parallel scan (candle's sum runs on one thread: a few % of a
+                // pretraining step of the full AlexNet).
+                if g.device().is_cpu() && g.dtype() == candle_core::DType::F32 && g.is_contiguous() {
+                    let bad = crate::kernel::with_cpu::<f32, _>(g, "gradient check", |v| {
+                        use rayon::prelude::*;
+                        Ok(v.par_chunks(1 << 16).any(|c| c.iter().any(|x| !x.is_finite())))
+                    })?;
+                    if bad {
+                        return Ok(Some(s.name.clone()));
+                    }
+                    continue;
+                }
                 // NaN and +-Inf survive a sum (Inf - Inf is NaN); a sum overflowing to Inf
                 // means gradients near f32's limit, no better.
                 sums.push(g.detach().to_dtype(candle_core::DType::F32)?.sum_all()?); // []
@@ -350,19 +362,23 @@ mod tests {
     #[test]
     fn non_finite_gradients_are_named() {
         let dev = Device::Cpu;
-        let a = Var::from_tensor(&Tensor::new(&[1.0f32, 2.0], &dev).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::new(&[3.0f32], &dev).unwrap()).unwrap();
-        let opt =
-            AdaDelta::with_groups(vec![("a".into(), a.clone(), 1.0), ("b".into(), b.clone(), 0.0)], 0.9, 1e-6).unwrap();
-        let grads_of = |k: f32| {
-            // d/db (k * b) = k; d/da sum(a) = 1.
-            let loss =
-                (a.as_tensor().sum_all().unwrap() + (b.as_tensor() * k as f64).unwrap().sum_all().unwrap()).unwrap();
-            loss.backward().unwrap()
-        };
-        assert_eq!(opt.non_finite_gradient(&grads_of(2.0)).unwrap(), None);
-        assert_eq!(opt.non_finite_gradient(&grads_of(f32::INFINITY)).unwrap(), Some("b".to_string()));
-        assert_eq!(opt.non_finite_gradient(&grads_of(f32::NAN)).unwrap(), Some("b".to_string()));
+        // f32 takes the parallel CPU scan, f64 the per-variable sums (the GPU's way).
+        for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
+            let var = |v: &[f32]| Var::from_tensor(&Tensor::new(v, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let (a, b) = (var(&[1.0, 2.0]), var(&[3.0]));
+            let opt =
+                AdaDelta::with_groups(vec![("a".into(), a.clone(), 1.0), ("b".into(), b.clone(), 0.0)], 0.9, 1e-6)
+                    .unwrap();
+            let grads_of = |k: f32| {
+                // d/db (k * b) = k; d/da sum(a) = 1.
+                let loss = (a.as_tensor().sum_all().unwrap() + (b.as_tensor() * k as f64).unwrap().sum_all().unwrap())
+                    .unwrap();
+                loss.backward().unwrap()
+            };
+            assert_eq!(opt.non_finite_gradient(&grads_of(2.0)).unwrap(), None, "{dtype:?}");
+            assert_eq!(opt.non_finite_gradient(&grads_of(f32::INFINITY)).unwrap(), Some("b".to_string()), "{dtype:?}");
+            assert_eq!(opt.non_finite_gradient(&grads_of(f32::NAN)).unwrap(), Some("b".to_string()), "{dtype:?}");
+        }
     }
 
     #[test]
