@@ -45,6 +45,11 @@ pub struct Meta {
     /// 7's comparison of the levels. Absent for pretraining runs and older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetuned_from: Option<PathBuf>,
+    /// Training runs: records in the dataset's train and validation splits, compared on
+    /// `--resume` (the loader position means nothing in another dataset). Absent in exports and
+    /// older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<[usize; 2]>,
 }
 
 /// Where a data loader is: `index` faces of epoch `epoch` have been delivered. Defined here,

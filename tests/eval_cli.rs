@@ -46,6 +46,7 @@ fn fresh_run_with(dir: &Path, correctives: bool, cfg: Config, shape0: f32) -> Pa
         correctives: net.layout.correctives,
         modes: None,
         finetuned_from: None,
+        data: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     checkpoint::save(&dir.join(checkpoint::FILE), &varmap, &[], &meta).unwrap();

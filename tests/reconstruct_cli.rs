@@ -68,6 +68,7 @@ fn make_run_with(
         correctives,
         modes: None,
         finetuned_from: None,
+        data: None,
     };
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.toml"), cfg.to_toml()).unwrap();

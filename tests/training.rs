@@ -218,6 +218,18 @@ fn runs_refuse_what_they_cannot_continue_and_leave_nothing_behind() {
     reseeded.train.seed += 1;
     let e = err(run(&reseeded, Stage::Pretrain, &bare, true, None));
     assert!(e.contains("train.seed") && e.contains("checkpoint.safetensors"), "{e}");
+    // The dataset may move (data.dataset may change on resume), not change: another split is
+    // refused, the same file elsewhere is not.
+    let other = d.join("other.fmlds");
+    fml::data::dataset::write_synthetic(&other, 30, 64, 3).unwrap();
+    let mut elsewhere = longer.clone();
+    elsewhere.data.dataset = other;
+    let e = err(run(&elsewhere, Stage::Pretrain, &a, true, None));
+    assert!(e.contains("other.fmlds") && e.contains("the run was trained on"), "{e}");
+    let moved = d.join("moved.fmlds");
+    std::fs::copy(&longer.data.dataset, &moved).unwrap();
+    elsewhere.data.dataset = moved;
+    assert_eq!(run(&elsewhere, Stage::Pretrain, &a, true, None).unwrap().step, 3);
 
     // A fresh start in a directory whose earlier run stopped before its first checkpoint
     // replaces that run's log instead of appending to it.

@@ -635,6 +635,7 @@ mod tests {
             correctives,
             modes: None,
             finetuned_from: None,
+            data: None,
         };
         std::fs::write(dir.join("config.toml"), cfg.to_toml()).unwrap();
         checkpoint::save(&dir.join(checkpoint::FILE), &varmap, &[], &meta).unwrap();

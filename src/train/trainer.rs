@@ -443,7 +443,21 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             s = loader.image_size()
         )));
     }
-    let has_val = !loader.dataset().indices(Some(Split::Val)).is_empty() && cfg.train.val_batches > 0;
+    let splits = [loader.dataset().indices(Some(Split::Train)).len(), loader.dataset().indices(Some(Split::Val)).len()];
+    if let Some(ck) = &resumed
+        && let Some(before) = ck.meta.data.filter(|d| *d != splits)
+    {
+        return Err(Error::invalid(format!(
+            "--resume would not continue the same run: {} holds {} training and {} validation faces, the run \
+             was trained on {} and {} (a re-prepared dataset puts other faces where the run stopped)",
+            cfg.data.dataset.display(),
+            splits[0],
+            splits[1],
+            before[0],
+            before[1]
+        )));
+    }
+    let has_val = splits[1] > 0 && cfg.train.val_batches > 0;
     // Validation needs no gradients: the inference form (detached views of the same weights, so
     // it sees every update) records no graph and frees each activation once it is consumed.
     let val_net = if has_val { Some(net.for_inference()) } else { None };
@@ -485,6 +499,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         correctives: net.layout.correctives,
         modes: Some([face_model.num_shape(), face_model.num_expr(), face_model.num_albedo()]),
         finetuned_from: finetuned_from.clone(),
+        data: Some(splits),
     };
     let save = |step: u64, pos: Position, opt: &AdaDelta| {
         checkpoint::save(&ckpt_path, &varmap, &opt.state(), &meta_at(step, pos))
