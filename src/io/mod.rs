@@ -1,4 +1,4 @@
-//! File output helpers shared by every command: atomic writes and mesh formats.
+//! File helpers shared by every command: atomic writes, text reading, path identity (outputs never over inputs) and mesh formats.
 
 pub mod atomic;
 pub mod mesh;
