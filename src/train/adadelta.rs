@@ -80,7 +80,6 @@ impl AdaDelta {
         let mut opt = AdaDelta::with_groups(groups, optim.rho, optim.eps)?;
         if let Some(i) = encoder {
             opt.reference = i;
-            opt.cfg.lr = opt.slots[i].lr;
         }
         Ok(opt)
     }
@@ -212,9 +211,10 @@ impl Optimizer for AdaDelta {
         Ok(())
     }
 
-    /// The reference group's rate: the encoder / base level's (see `reference`).
+    /// The reference group's rate: the encoder / base level's (see `reference`); the
+    /// configured rate when there are no variables.
     fn learning_rate(&self) -> f64 {
-        self.cfg.lr
+        self.slots.get(self.reference).map_or(self.cfg.lr, |s| s.lr)
     }
 
     /// Sets the reference group's rate and scales the others by the same factor (keeping the

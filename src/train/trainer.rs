@@ -329,21 +329,20 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
             let recorded = src.parent().unwrap_or(Path::new(".")).join("config.toml");
             if recorded.is_file() {
                 let theirs = Config::load(&recorded)?;
-                let differ: Vec<&str> = [
-                    ("[encoder]", theirs.encoder == cfg.encoder),
-                    ("[params]", theirs.params == cfg.params),
-                    ("[camera]", theirs.camera == cfg.camera),
-                ]
-                .into_iter()
-                .filter(|(_, same)| !same)
-                .map(|(name, _)| name)
-                .collect();
-                if !differ.is_empty() {
+                let keys: Vec<String> = config_differences(&theirs, cfg)
+                    .into_iter()
+                    .filter(|k| ["encoder.", "params.", "camera."].iter().any(|s| k.starts_with(s)))
+                    .collect();
+                let mut sections: Vec<String> =
+                    keys.iter().map(|k| format!("[{}]", k.split('.').next().unwrap_or(k))).collect();
+                sections.dedup();
+                if !keys.is_empty() {
                     return Err(Error::invalid(format!(
-                        "{} was pretrained with other {} settings ({}); finetuning reads its weights through \
-                         this config's, so they must be the same",
+                        "{} was pretrained with other {} settings ({} differ from {}); finetuning reads its \
+                         weights through this config's, so they must be the same",
                         src.display(),
-                        differ.join(", "),
+                        sections.join(", "),
+                        keys.join(", "),
                         recorded.display()
                     )));
                 }
